@@ -1,0 +1,22 @@
+"""Models and pipelines: what generates images."""
+
+from pathlib import Path
+
+from diffusion.pipeline import DiffusionImagePipeline, GenerationOutput
+from diffusion.unet import build_unet
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def default_model_path() -> str:
+    """Folder of the shipped class-conditional Fashion-MNIST diffusion pipeline."""
+    return str(WEIGHTS_DIR / "fashion-mnist-diffusion")
+
+
+def default_classifier_path() -> str:
+    """Folder of the shipped Fashion-MNIST evaluation classifier."""
+    return str(WEIGHTS_DIR / "fashion-mnist-classifier")
+
+
+__all__ = ["DiffusionImagePipeline", "GenerationOutput", "build_unet", "default_model_path",
+           "default_classifier_path", "WEIGHTS_DIR"]

@@ -1,0 +1,254 @@
+"""The diffusion pipeline: a U-Net noise predictor + a scheduler, denoising from Gaussian noise.
+
+Classifier-free guidance (Ho & Salimans 2022, eq. 6): the model output is
+``uncond + guidance_scale * (cond - uncond)``; conditional and null-class rows share one batched
+forward, and ``guidance_scale == 1`` runs one (conditional) forward only. The combination is
+applied to whatever the network predicts (epsilon, v or x0), which are affine in each other
+given ``x_t``.
+
+Example::
+
+    >>> from diffusion import DiffusionImagePipeline, default_model_path
+    >>> pipe = DiffusionImagePipeline.from_pretrained(default_model_path())  # doctest: +SKIP
+    >>> out = pipe(class_labels=[0, 7], num_images_per_prompt=2, num_inference_steps=20,
+    ...            sampler="dpmpp-2m", generator=[torch.Generator().manual_seed(i) for i in range(4)])
+    >>> out.images[0].size, out.nfe                                      # doctest: +SKIP
+    ((28, 28), 20)
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffusion.unet import check_image_size, num_classes_of
+from samplers.diffusion import build_sampler, list_samplers
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class GenerationOutput(ImagePipelineOutput):
+    """``images`` (list of PIL images, uint8 ``(N, H, W, C)`` array, or float ``(N, C, H, W)``
+    tensor in [0, 1]) and ``nfe``: the number of network forward calls made (a guided step whose
+    conditional and null rows share one batched forward counts once; Heun counts two per step)."""
+
+    nfe: int = 0
+
+
+def to_output(images: torch.Tensor, output_type: str):
+    """Float ``(N, C, H, W)`` in [-1, 1] -> PIL list, uint8 NHWC numpy, or float [0, 1] tensor."""
+    images = (images.float() / 2 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return images.cpu()
+    array = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    if output_type == "np":
+        return array
+    from PIL import Image
+
+    if array.shape[-1] == 1:
+        return [Image.fromarray(a[..., 0], mode="L") for a in array]
+    return [Image.fromarray(a) for a in array]
+
+
+def normalize_class_labels(class_labels, num_classes: Optional[int]) -> Optional[torch.Tensor]:
+    """Validate class labels and return an int64 1-D tensor (``None`` for unconditional models).
+
+    Raises:
+        ValueError: labels missing for a class-conditional model, given to an unconditional one,
+            empty, not integers, not 1-D, or outside ``[0, num_classes)``.
+    """
+    if num_classes is None:
+        if class_labels is not None:
+            raise ValueError("this model is unconditional: class_labels must be None")
+        return None
+    allowed = f"integers in [0, {num_classes - 1}]"
+    if class_labels is None:
+        raise ValueError(f"class_labels is required for this class-conditional model ({allowed})")
+    if isinstance(class_labels, (bool, float)):
+        raise ValueError(f"class_labels must be {allowed}, got {class_labels!r}")
+    if isinstance(class_labels, int):
+        class_labels = [class_labels]
+    if isinstance(class_labels, torch.Tensor):
+        if class_labels.dtype.is_floating_point or class_labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must be {allowed}, got a {class_labels.dtype} tensor")
+        labels = class_labels.detach().cpu().long().reshape(-1) if class_labels.ndim <= 1 else None
+        if labels is None:
+            raise ValueError(f"class_labels must be 1-D, got shape {tuple(class_labels.shape)}")
+    else:
+        items = list(class_labels)
+        bad = [v for v in items if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        if bad:
+            raise ValueError(f"class_labels must be {allowed}, got {bad[:3]!r}")
+        labels = torch.tensor([int(v) for v in items], dtype=torch.long)
+    if labels.numel() == 0:
+        raise ValueError(f"class_labels is empty; give at least one of {allowed}")
+    out_of_range = labels[(labels < 0) | (labels >= num_classes)]
+    if out_of_range.numel():
+        raise ValueError(f"class_labels must be {allowed}, got {out_of_range.tolist()[:5]}")
+    return labels
+
+
+class DiffusionImagePipeline(DiffusionPipeline):
+    """Class-conditional (or unconditional) image diffusion with classifier-free guidance.
+
+    Components: ``unet`` (diffusers ``UNet2DModel``, class table of ``num_classes + 1`` rows, the
+    last being the null class) and ``scheduler`` (any diffusers scheduler; it also carries the
+    training noise schedule from which named samplers are built).
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Number of real classes (``None`` for an unconditional U-Net)."""
+        return num_classes_of(self.unet)
+
+    def set_sampler(self, name: str, **options) -> None:
+        """Replace ``self.scheduler`` by sampler ``name`` on the same training noise schedule."""
+        self.scheduler = build_sampler(name, self.scheduler, **options)
+
+    def check_inputs(self, class_labels, prompt, num_images_per_prompt, num_inference_steps,
+                     guidance_scale, eta, generator, latents, output_type, sampler, height,
+                     width) -> torch.Tensor:
+        """Validate every argument before any model work; return labels per image (or None).
+
+        Raises:
+            ValueError: with the value given and what is allowed.
+        """
+        if prompt is not None:
+            raise ValueError("this pipeline has no text encoder: use class_labels, not prompt")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) \
+                or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        if num_inference_steps > self.scheduler.config.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be <= num_train_timesteps "
+                             f"({self.scheduler.config.num_train_timesteps}), got {num_inference_steps}")
+        if not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale) \
+                or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if not isinstance(eta, (int, float)) or eta < 0:
+            raise ValueError(f"eta must be a number >= 0, got {eta!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if sampler is not None and sampler not in list_samplers():
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list_samplers()}")
+        check_image_size(height, width, self.unet.config.block_out_channels)
+        labels = normalize_class_labels(class_labels, self.num_classes)
+        if labels is not None:
+            labels = labels.repeat_interleave(num_images_per_prompt)
+        batch = num_images_per_prompt if labels is None else len(labels)
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} images "
+                             f"(len(class_labels) * num_images_per_prompt); pass one per image")
+        shape = (batch, self.unet.config.in_channels, height, width)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        return labels
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: Union[int, Sequence[int], torch.Tensor, None] = None,
+        prompt: Union[str, List[str], None] = None,
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 2.0,
+        eta: float = 0.0,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        sampler: Optional[str] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        callback_on_step_end: Optional[Callable[..., dict]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ):
+        """Generate images.
+
+        Args:
+            class_labels: int, list of ints or 1-D int tensor in ``[0, num_classes)``; required for
+                a class-conditional U-Net, ``None`` for an unconditional one.
+            prompt: not supported by a class-conditional U-Net (raises).
+            num_images_per_prompt: images per label; labels are repeated in place
+                (``[a, b]`` with 2 gives ``[a, a, b, b]``).
+            num_inference_steps: sampler steps (NFE may be more, e.g. Heun; see ``nfe``).
+            guidance_scale: classifier-free guidance weight ``s`` (1 = no guidance, one forward).
+            eta: DDIM noise weight (0 = deterministic DDIM; used by samplers that accept it).
+            generator: one ``torch.Generator``, or a list with one per image: then each image
+                depends only on its own generator, not on the batch it sits in.
+            latents: initial noise ``(B, C, H, W)``; drawn from ``generator`` if ``None``.
+            output_type: ``"pil"``, ``"np"`` (uint8 NHWC) or ``"pt"`` (float NCHW in [0, 1]).
+            sampler: a name from ``samplers.list_samplers()``; a fresh scheduler is built for this
+                call from the training schedule. ``None`` uses ``self.scheduler``.
+            height, width: image size (default: the U-Net's ``sample_size``).
+            callback_on_step_end: ``f(pipe, i, t, tensors) -> dict`` after each step; may replace
+                ``latents`` by returning it in the dict.
+
+        Returns:
+            :class:`GenerationOutput` (``images``, ``nfe``), or ``(images,)`` if not ``return_dict``.
+
+        Raises:
+            ValueError: invalid argument (before any denoising).
+        """
+        height = height or self.unet.config.sample_size
+        width = width or self.unet.config.sample_size
+        labels = self.check_inputs(class_labels, prompt, num_images_per_prompt, num_inference_steps,
+                                   guidance_scale, eta, generator, latents, output_type, sampler,
+                                   height, width)
+        device, dtype = self._execution_device, self.unet.dtype
+        batch = num_images_per_prompt if labels is None else len(labels)
+        scheduler = self.scheduler if sampler is None else build_sampler(sampler, self.scheduler)
+
+        # 1. Timesteps and initial noise x_T ~ N(0, sigma_max^2 I).
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        shape = (batch, self.unet.config.in_channels, height, width)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
+
+        # 2. Conditioning: [null; cond] rows for guidance, cond rows alone when s == 1.
+        guided = labels is not None and guidance_scale != 1.0
+        if labels is not None:
+            labels = labels.to(device)
+            if guided:
+                null = torch.full_like(labels, self.num_classes)
+                labels = torch.cat([null, labels])
+
+        accepted = set(inspect.signature(scheduler.step).parameters)
+        step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
+
+        # 3. Denoising loop.
+        nfe = 0
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            x_in = torch.cat([latents, latents]) if guided else latents
+            x_in = scheduler.scale_model_input(x_in, t)
+            model_output = self.unet(x_in, t, class_labels=labels).sample
+            nfe += 1
+            if guided:
+                uncond, cond = model_output.chunk(2)
+                model_output = uncond + guidance_scale * (cond - uncond)
+            latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                tensors = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                latents = callback_on_step_end(self, i, t, tensors).get("latents", latents)
+
+        images = to_output(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return GenerationOutput(images=images, nfe=nfe)

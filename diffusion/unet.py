@@ -1,0 +1,95 @@
+"""U-Net noise predictors: builders over diffusers' ``UNet2DModel``.
+
+Class conditioning uses diffusers' class-embedding table with ``num_classes + 1`` rows: ids
+``0 .. num_classes - 1`` are the classes, id ``num_classes`` is the *null* class used for
+classifier-free guidance (Ho & Salimans 2022). The embedding is added to the timestep embedding.
+
+Example::
+
+    >>> from diffusion.unet import build_unet
+    >>> unet = build_unet(sample_size=28, in_channels=1, num_classes=10)
+    >>> unet.config.num_class_embeds
+    11
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from diffusers import UNet2DModel
+
+
+def downsample_factor(block_out_channels: Sequence[int]) -> int:
+    """How much the U-Net shrinks its input: 2 per block but the last (diffusers' layout)."""
+    return 2 ** (len(block_out_channels) - 1)
+
+
+def check_image_size(height: int, width: int, block_out_channels: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless ``height`` and ``width`` are positive multiples of the U-Net's
+    downsampling factor (e.g. 4 for three levels: 28 works, 30 does not)."""
+    factor = downsample_factor(block_out_channels)
+    for name, v in (("height", height), ("width", width)):
+        if not isinstance(v, int) or v <= 0 or v % factor:
+            raise ValueError(f"image {name} must be a positive multiple of {factor} for a U-Net "
+                             f"with {len(block_out_channels)} levels, got {v!r}")
+
+
+def build_unet(
+    sample_size: int = 28,
+    in_channels: int = 1,
+    num_classes: Optional[int] = 10,
+    block_out_channels: Sequence[int] = (32, 64, 64),
+    layers_per_block: int = 2,
+    attention_levels: Sequence[int] = (2,),
+    attention_head_dim: int = 32,
+    norm_num_groups: int = 16,
+    dropout: float = 0.0,
+) -> UNet2DModel:
+    """Build a class-conditional (or unconditional, ``num_classes=None``) ``UNet2DModel``.
+
+    Args:
+        sample_size: image side in pixels; must be a multiple of ``2 ** (levels - 1)``.
+        in_channels: image channels (1 grayscale, 3 RGB); output has the same count.
+        num_classes: number of real classes; the table gets one more row for the null class.
+        block_out_channels: channels per resolution level (level 0 = full resolution).
+        layers_per_block: ResNet blocks per level.
+        attention_levels: indices of levels that get self-attention (low resolutions are cheap).
+        attention_head_dim: channels per attention head.
+        norm_num_groups: GroupNorm groups; must divide every entry of ``block_out_channels``.
+        dropout: dropout inside ResNet blocks.
+
+    Raises:
+        ValueError: bad sizes, levels or group counts (message names the allowed values).
+    """
+    block_out_channels = tuple(int(c) for c in block_out_channels)
+    check_image_size(sample_size, sample_size, block_out_channels)
+    levels = len(block_out_channels)
+    bad = [i for i in attention_levels if not 0 <= i < levels]
+    if bad:
+        raise ValueError(f"attention_levels must be in [0, {levels - 1}], got {list(attention_levels)}")
+    if any(c % norm_num_groups for c in block_out_channels):
+        raise ValueError(f"norm_num_groups={norm_num_groups} must divide every block_out_channels "
+                         f"entry {block_out_channels}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
+    down = tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(levels))
+    up = tuple(b.replace("Down", "Up") for b in reversed(down))
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        attention_head_dim=attention_head_dim,
+        norm_num_groups=norm_num_groups,
+        dropout=dropout,
+        num_class_embeds=None if num_classes is None else num_classes + 1,
+    )
+
+
+def num_classes_of(unet) -> Optional[int]:
+    """Real classes of a U-Net built by :func:`build_unet` (``None`` if unconditional)."""
+    n = getattr(unet.config, "num_class_embeds", None)
+    return None if n is None else n - 1

@@ -1,0 +1,170 @@
+"""Typed training configs: frozen dataclasses, filled from YAML files and ``key=value`` overrides.
+
+OmegaConf checks every key and type against the dataclasses below (an unknown key or a wrong type
+is an error, not a silent default). The resolved config is saved beside the weights as YAML.
+
+Example::
+
+    >>> from training.config import load_config
+    >>> cfg = load_config(None, ["train.max_steps=10", "model.block_out_channels=[16,32]"])
+    >>> cfg.train.max_steps, cfg.model.block_out_channels
+    (10, (16, 32))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "fashion-mnist"      # "fashion-mnist" or "image-folder"
+    root: Optional[str] = None       # folder with the files (None: Debian / $FASHION_MNIST_DIR)
+    split: str = "train"
+    image_size: int = 28             # pixels; image folders are resized to this
+    channels: int = 1                # 1 grayscale, 3 RGB (image folders)
+    subset: Optional[int] = None     # keep a seeded random subset of this many images
+    eval_split: str = "test"         # split used by objectives that evaluate (classifier accuracy)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """U-Net size (diffusion) - see :func:`diffusion.unet.build_unet`."""
+
+    block_out_channels: Tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 2
+    attention_levels: Tuple[int, ...] = (2,)
+    attention_head_dim: int = 32
+    norm_num_groups: int = 16
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"      # linear | cosine | sigmoid
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"   # epsilon | v_prediction | sample
+    snr_gamma: Optional[float] = None  # min-SNR-gamma loss weighting (Hang et al. 2023); None: off
+    cond_drop_prob: float = 0.1        # P(label -> null class), enables guidance
+    sampler: str = "dpmpp-2m"          # scheduler saved with the exported pipeline
+    sample_steps: int = 20             # sample grids during training
+    guidance_scale: float = 2.0        # sample grids during training
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Evaluation classifier - see :class:`diffusion.classifier.ImageClassifier`."""
+
+    channels: Tuple[int, ...] = (32, 64, 128)
+    dropout: float = 0.3
+    label_smoothing: float = 0.0
+    max_shift: int = 2                 # random translation augmentation, pixels
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str = "diffusion"       # diffusion | classifier (GAN / VQ-VAE / AR plug in here)
+    output_dir: str = "runs/fashion-mnist"
+    seed: int = 0
+    max_steps: int = 1000              # optimizer steps
+    batch_size: int = 128              # per process and micro-batch
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: Optional[float] = 1.0
+    lr_scheduler: str = "cosine"       # any diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int = 100
+    mixed_precision: str = "no"        # no | bf16 | fp16
+    use_ema: bool = True
+    ema_max_decay: float = 0.999
+    ema_warmup: bool = True            # decay = 1 - (1 + step)^(-2/3), capped (Karras / diffusers)
+    log_every: int = 50
+    sample_every: int = 500            # sample grid (or eval) every k steps; 0: only at the end
+    checkpoint_every: int = 500        # 0: only at the end
+    checkpoints_total_limit: int = 2
+    resume: Optional[str] = "auto"     # "auto": latest checkpoint in output_dir; a path; None: fresh
+    num_workers: int = 0
+    num_threads: Optional[int] = None  # torch CPU threads per process (None: cores / processes)
+    export: bool = True                # write the final pipeline / model to output_dir
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+
+_CHOICES = {
+    ("train", "objective"): ("diffusion", "classifier"),
+    ("train", "mixed_precision"): ("no", "bf16", "fp16"),
+    ("diffusion", "beta_schedule"): ("linear", "cosine", "sigmoid"),
+    ("diffusion", "prediction_type"): ("epsilon", "v_prediction", "sample"),
+}
+
+
+def _to_tuples(obj):
+    """OmegaConf gives lists for tuple fields; rebuild the frozen dataclasses with tuples."""
+    from dataclasses import fields, is_dataclass, replace
+
+    if not is_dataclass(obj):
+        return tuple(obj) if isinstance(obj, list) else obj
+    return replace(obj, **{f.name: _to_tuples(getattr(obj, f.name)) for f in fields(obj)})
+
+
+def load_config(path: Union[str, Path, None] = None,
+                overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Defaults <- YAML file at ``path`` <- ``overrides`` (``"section.key=value"`` strings).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unknown key, wrong type, or a value outside its allowed choices.
+    """
+    schema = OmegaConf.structured(ExperimentConfig)
+    try:
+        layers = [schema]
+        if path is not None:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+            layers.append(OmegaConf.load(path))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ValueError(f"overrides must look like section.key=value, got {bad}")
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        cfg = _to_tuples(OmegaConf.to_object(OmegaConf.merge(*layers)))
+    except OmegaConfBaseException as e:
+        raise ValueError(f"invalid config: {e}") from None
+    for (section, key), allowed in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ValueError(f"{section}.{key} must be one of {allowed}, got {value!r}")
+    t = cfg.train
+    for key in ("max_steps", "batch_size", "gradient_accumulation_steps"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    return cfg
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The config as YAML text (what ``load_config`` reads back to an equal config)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_flat_dict(cfg: ExperimentConfig) -> dict:
+    """``{"train.max_steps": 1000, ...}`` with scalar values (lists as strings), for trackers."""
+    flat = {}
+    for section, values in OmegaConf.to_container(OmegaConf.structured(cfg)).items():
+        for k, v in values.items():
+            flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return flat

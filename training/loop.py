@@ -1,0 +1,357 @@
+"""The one training loop, for every model family, built on ``accelerate``.
+
+Mixed precision, gradient accumulation, DDP via ``accelerate launch`` / ``torchrun``, EMA with
+warm-up (diffusers ``EMAModel``), LR schedules (diffusers ``get_scheduler``), TensorBoard logging,
+periodic evaluation / sample grids from the EMA weights, atomic ``save_state`` checkpoints and exact
+resume (step, epoch, position in the data, optimizer, LR schedule, EMA, RNG), and a final export.
+
+What is family-specific lives in an :class:`training.objectives.Objective`.
+
+Example::
+
+    >>> from training import load_config, train
+    >>> cfg = load_config("training/configs/fashion_mnist_quick.yaml",
+    ...                   ["train.max_steps=20", "train.output_dir=/tmp/run"])  # doctest: +SKIP
+    >>> final_dir = train(cfg)                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from contextlib import ExitStack, contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from training.config import ExperimentConfig, to_flat_dict, to_yaml
+from training.data import load_dataset
+from training.objectives import build_objective
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+FINAL_DIR = "final"
+
+
+class EpochSampler(Sampler):
+    """A permutation of ``range(n)`` drawn from ``(seed, epoch)`` alone: the same on every process
+    (accelerate shards it) and the same again after a resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class TrainState:
+    """Counters and the training RNG, checkpointed with the model (``register_for_checkpointing``).
+
+    ``step`` counts optimizer steps; ``batch_in_epoch`` counts micro-batches of this epoch already
+    consumed; ``generator`` draws all training randomness of the objective.
+    """
+
+    def __init__(self, seed: int):
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.train_seconds = 0.0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "train_seconds": self.train_seconds, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch, self.train_seconds = int(state["batch_in_epoch"]), float(state["train_seconds"])
+        self.generator.set_state(state["generator"])
+
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """Complete checkpoints in ``output_dir/checkpoints``, oldest first. Partly written ones live
+    under a temporary name until renamed, so they are never listed."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _resume_path(cfg: ExperimentConfig) -> Optional[Path]:
+    resume = cfg.train.resume
+    if resume is None or resume in ("none", "None", ""):
+        return None
+    if resume in ("auto", "latest"):
+        found = list_checkpoints(cfg.train.output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"train.resume={resume!r} is not a checkpoint folder")
+    return path
+
+
+def hardware_description() -> str:
+    """E.g. ``"2 CPU cores (x86_64)"`` or ``"1x NVIDIA H200"``."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()})"
+
+
+def _batches(loader, sampler: EpochSampler, state: TrainState, accelerator) -> Iterator:
+    """Endless micro-batches; ``state.epoch`` / ``state.batch_in_epoch`` track the position."""
+    while True:
+        sampler.set_epoch(state.epoch)
+        it = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+        for batch in it:
+            state.batch_in_epoch += 1
+            yield batch
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+
+class Trainer:
+    """Builds everything from a config; :meth:`run` trains to ``train.max_steps``."""
+
+    def __init__(self, cfg: ExperimentConfig, accelerator: Optional[Accelerator] = None):
+        self.cfg = t = cfg.train
+        self.full_cfg = cfg
+        self.output_dir = Path(t.output_dir)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=t.mixed_precision, log_with="tensorboard",
+            project_dir=str(self.output_dir), rng_types=[])
+        acc = self.accelerator
+        torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes))
+        set_seed(t.seed)  # identical initial weights on every process
+
+        d = cfg.data
+        self.dataset = load_dataset(d.name, split=d.split, root=d.root, image_size=d.image_size,
+                                    channels=d.channels, subset=d.subset, seed=t.seed)
+        self.objective = build_objective(cfg, self.dataset.num_classes, self.dataset.class_names)
+        self.sampler = EpochSampler(len(self.dataset), t.seed)
+        loader = DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
+                            drop_last=True, num_workers=t.num_workers)
+        if len(loader) // acc.num_processes < 1:
+            raise ValueError(f"dataset of {len(self.dataset)} images is smaller than one batch of "
+                             f"{t.batch_size} per process x {acc.num_processes} processes")
+
+        groups = self.objective.optimizer_groups()
+        optimizers = {
+            name: torch.optim.AdamW(self.objective.modules[module].parameters(), lr=t.learning_rate,
+                                    betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
+            for name, module in groups.items()}
+        # LR schedules step once per optimizer step, by us (not prepared: accelerate would step
+        # them once per process).
+        self.lr_schedulers = {
+            name: get_scheduler(t.lr_scheduler, opt, num_warmup_steps=t.lr_warmup_steps,
+                                num_training_steps=t.max_steps) for name, opt in optimizers.items()}
+        names = list(self.objective.modules)
+        prepared = acc.prepare(*[self.objective.modules[n] for n in names], *optimizers.values(), loader)
+        self.modules = dict(zip(names, prepared[: len(names)]))
+        self.optimizers = dict(zip(optimizers, prepared[len(names): -1]))
+        self.loader = prepared[-1]
+        self.groups = groups
+        self.emas = {}
+        if t.use_ema:
+            for n in self.objective.ema_modules:
+                ema = EMAModel(acc.unwrap_model(self.modules[n]).parameters(), decay=t.ema_max_decay,
+                               use_ema_warmup=t.ema_warmup, inv_gamma=1.0, power=2 / 3)
+                ema.to(acc.device)
+                self.emas[n] = ema
+        self.state = TrainState(t.seed * 1000 + acc.process_index)
+        for obj in (self.state, *self.lr_schedulers.values(), *self.emas.values()):
+            acc.register_for_checkpointing(obj)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """``save_state`` into a temporary folder, then an atomic rename to ``checkpoint-<step>``;
+        keeps the newest ``checkpoints_total_limit``."""
+        acc, root = self.accelerator, self.output_dir / "checkpoints"
+        final = root / f"{CHECKPOINT_PREFIX}{self.state.step:07d}"
+        tmp = root / f".tmp-{final.name}"
+        if acc.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / "training_config.yaml").write_text(to_yaml(self.full_cfg))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in list_checkpoints(self.output_dir)[: -self.cfg.checkpoints_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path) -> None:
+        self.accelerator.load_state(str(path))
+        logger.info("resumed from %s at step %d", path, self.state.step)
+
+    # -- EMA ---------------------------------------------------------------------------------
+    @contextmanager
+    def ema_weights(self):
+        """Swap the EMA weights into the live modules for the duration of the block."""
+        swapped = []
+        try:
+            for n, ema in self.emas.items():
+                params = list(self.accelerator.unwrap_model(self.modules[n]).parameters())
+                ema.store(params)
+                ema.copy_to(params)
+                swapped.append((ema, params))
+            yield {n: self.accelerator.unwrap_model(m) for n, m in self.modules.items()}
+        finally:
+            for ema, params in swapped:
+                ema.restore(params)
+
+    def evaluate(self) -> dict:
+        """Run the objective's evaluation on the main process; log scalars and the sample grid."""
+        acc, step = self.accelerator, self.state.step
+        scalars = {}
+        if acc.is_main_process:
+            with self.ema_weights() as modules, torch.no_grad(), acc.autocast():
+                scalars, grid = self.objective.evaluate(modules, torch.Generator().manual_seed(self.cfg.seed))
+            if scalars:
+                acc.log({f"eval/{k}": v for k, v in scalars.items()}, step=step)
+                logger.info("step %d: %s", step, scalars)
+            if grid is not None:
+                from torchvision.utils import save_image
+
+                out = self.output_dir / "samples" / f"step-{step:07d}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                save_image(grid.float(), out)
+                tracker = acc.get_tracker("tensorboard", unwrap=True) if acc.trackers else None
+                if tracker is not None:
+                    tracker.add_image("samples", grid.float(), step)
+        acc.wait_for_everyone()
+        return scalars
+
+    # -- training ----------------------------------------------------------------------------
+    def train_step(self, data) -> dict:
+        """One optimizer step per optimizer: ``gradient_accumulation_steps`` micro-batches each."""
+        acc, k = self.accelerator, self.cfg.gradient_accumulation_steps
+        micro = [next(data) for _ in range(k)]
+        logs: dict = {}
+        for opt_name, module_name in self.groups.items():
+            module = self.modules[module_name]
+            for j, batch in enumerate(micro):
+                with acc.no_sync(module) if j < k - 1 else nullcontext(), acc.autocast():
+                    loss, items = self.objective.loss(opt_name, self.modules, batch, self.state.generator)
+                acc.backward(loss / k)
+                for key, v in items.items():
+                    name = key if len(self.groups) == 1 else f"{opt_name}/{key}"
+                    logs[name] = logs.get(name, 0.0) + v / k
+            if self.cfg.max_grad_norm:
+                logs[f"{opt_name}/grad_norm"] = float(acc.clip_grad_norm_(module.parameters(),
+                                                                          self.cfg.max_grad_norm))
+            self.optimizers[opt_name].step()
+            self.lr_schedulers[opt_name].step()
+            self.optimizers[opt_name].zero_grad(set_to_none=True)
+            logs[f"{opt_name}/lr"] = self.lr_schedulers[opt_name].get_last_lr()[0]
+        for n, ema in self.emas.items():
+            ema.step(acc.unwrap_model(self.modules[n]).parameters())
+        self.state.step += 1
+        return logs
+
+    def run(self) -> Path:
+        """Train (resuming if a checkpoint is found), export, and return the export folder."""
+        acc, t, state = self.accelerator, self.cfg, self.state
+        resume = _resume_path(self.full_cfg)
+        if resume is not None:
+            self.load_checkpoint(resume)
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "training_config.yaml").write_text(to_yaml(self.full_cfg))
+        acc.init_trackers("train", config=to_flat_dict(self.full_cfg))
+        for m in self.modules.values():
+            m.train()
+        data = _batches(self.loader, self.sampler, state, acc)
+        bar = tqdm(total=t.max_steps, initial=state.step, disable=not acc.is_local_main_process,
+                   desc=f"training {t.objective}")
+        start, base_seconds, window = time.time(), state.train_seconds, {}
+        last_logs: dict = {}
+        while state.step < t.max_steps:
+            logs = self.train_step(data)
+            state.train_seconds = base_seconds + time.time() - start
+            for key, v in logs.items():
+                window.setdefault(key, []).append(v)
+            bar.update(1)
+            if state.step % t.log_every == 0 or state.step == t.max_steps:
+                last_logs = {key: sum(v) / len(v) for key, v in window.items()}
+                window = {}
+                acc.log({f"train/{k}": v for k, v in last_logs.items()}, step=state.step)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items() if "/" not in k})
+            if t.sample_every and state.step % t.sample_every == 0 and state.step < t.max_steps:
+                self.evaluate()
+            if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step < t.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        final_scalars = self.evaluate()
+        if not list_checkpoints(self.output_dir) or list_checkpoints(self.output_dir)[-1].name != \
+                f"{CHECKPOINT_PREFIX}{state.step:07d}":
+            self.save_checkpoint()
+        out = self.output_dir / FINAL_DIR
+        if t.export and acc.is_main_process:
+            self.export(out, {**{f"final_{k}": v for k, v in last_logs.items()}, **final_scalars})
+        acc.wait_for_everyone()
+        acc.end_training()
+        return out
+
+    def export(self, out: Path, figures: dict) -> None:
+        """Write the objective's export (EMA weights) plus config and summary, atomically."""
+        tmp = out.parent / f".tmp-{out.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with self.ema_weights() as modules:
+            self.objective.export(modules, tmp)
+        (tmp / "training_config.yaml").write_text(to_yaml(self.full_cfg))
+        summary = {
+            "objective": self.cfg.objective,
+            "steps": self.state.step,
+            "epochs": round(self.state.step * self.cfg.batch_size * self.cfg.gradient_accumulation_steps
+                            * self.accelerator.num_processes / len(self.dataset), 3),
+            "train_seconds": round(self.state.train_seconds, 1),
+            "hardware": hardware_description(),
+            "num_processes": self.accelerator.num_processes,
+            "mixed_precision": self.cfg.mixed_precision,
+            "parameters": sum(p.numel() for m in self.modules.values() for p in m.parameters()),
+            "dataset": f"{self.full_cfg.data.name}/{self.full_cfg.data.split} ({len(self.dataset)} images)",
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "versions": {"torch": torch.__version__, "diffusers": _version("diffusers"),
+                         "accelerate": _version("accelerate")},
+            "figures": figures,
+        }
+        (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def train(cfg: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Path:
+    """Train from ``cfg`` and return the folder of the exported model (``<output_dir>/final``)."""
+    return Trainer(cfg, accelerator).run()
