@@ -50,7 +50,7 @@ class ImageClassifier(ModelMixin, ConfigMixin):
             layers.append(_conv_block(c_in, c))
             c_in = c
         self.body = nn.Sequential(*layers)
-        self.dropout = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(c_in, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +58,7 @@ class ImageClassifier(ModelMixin, ConfigMixin):
         return self.body(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+        return self.head(self.drop(self.features(x)))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:

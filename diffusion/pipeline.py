@@ -105,9 +105,26 @@ class DiffusionImagePipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler):
+    def __init__(self, unet, scheduler, class_names: Optional[List[str]] = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        n = num_classes_of(unet)
+        if class_names is not None and n is not None and len(class_names) != n:
+            raise ValueError(f"class_names has {len(class_names)} names for {n} classes")
+        self.register_to_config(class_names=list(class_names) if class_names else None)
+
+    def class_id(self, label: Union[int, str]) -> int:
+        """Class id for an id or a (case-insensitive) class name; raises ``ValueError`` if unknown."""
+        if isinstance(label, int) and not isinstance(label, bool):
+            return label
+        names = [n.lower() for n in (self.config.class_names or [])]
+        key = str(label).strip().lower()
+        if key.isdigit():
+            return int(key)
+        if key not in names:
+            raise ValueError(f"unknown class {label!r}; known: ids 0..{(self.num_classes or 1) - 1}"
+                             f" or names {self.config.class_names}")
+        return names.index(key)
 
     @property
     def num_classes(self) -> Optional[int]:

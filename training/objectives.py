@@ -119,7 +119,8 @@ class DiffusionObjective(Objective):
     def pipeline(self, unet) -> DiffusionImagePipeline:
         pipe = DiffusionImagePipeline(unet=unet,
                                       scheduler=build_sampler(self.cfg.diffusion.sampler,
-                                                              self.noise_scheduler))
+                                                              self.noise_scheduler),
+                                      class_names=self.class_names or None)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - venv + install + dataset, then a 10x10 grid from the shipped model (samples/grid.png)
+#   make test   - venv + install + dataset, then the test suite (what CI runs)
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+DATASET := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test setup dataset train-quick clean
+
+demo: setup dataset
+	$(PY) -m diffusion generate --out samples/grid.png
+
+test: setup dataset
+	$(PY) -m pytest -q
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "import torch, torchvision, diffusers, accelerate; print('installed torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package (offline mirrors); needs root or sudo. Skipped if present.
+dataset:
+	@if [ -d $(DATASET) ] || [ -n "$$FASHION_MNIST_DIR" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "no apt-get: set FASHION_MNIST_DIR to a folder with the Fashion-MNIST IDX files"; exit 0; fi; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
+	$$SUDO apt-get install -y -qq dataset-fashion-mnist || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
+
+train-quick: setup dataset
+	$(PY) -m training --config training/configs/fashion_mnist_quick.yaml
+
+clean:
+	rm -rf samples runs .pytest_cache

@@ -1,0 +1,161 @@
+"""Shared fixtures: a tiny seeded U-Net pipeline, stub network/scheduler, forward spies.
+
+Everything here runs on CPU in milliseconds: the tiny U-Net is 8x8 pixels, two levels, no
+attention blocks outside diffusers' mid block.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+# pytest puts tests/ on sys.path for this conftest; tests/diffusion and tests/samplers would then
+# import as namespace packages named ``diffusion`` and ``samplers`` ahead of the editable install's
+# finder (a meta-path finder that runs after sys.path). The repo root on sys.path lets the real
+# packages win. (A ``pythonpath = ["."]`` in pyproject's pytest options would do the same.)
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from diffusion.pipeline import DiffusionImagePipeline  # noqa: E402
+from diffusion.unet import build_unet  # noqa: E402
+
+NUM_CLASSES = 3
+SAMPLE_SIZE = 8
+
+# The brief's tiny U-Net, plus attention_head_dim=8: the default head dim (32) is larger than the
+# 16 channels of the mid block's attention, which builds a U-Net that divides by zero in forward
+# (see tests/diffusion/test_unet.py::test_every_unet_build_unet_accepts_runs_forward).
+TINY_UNET = dict(sample_size=SAMPLE_SIZE, in_channels=1, block_out_channels=(8, 16),
+                 norm_num_groups=4, layers_per_block=1, attention_levels=(),
+                 attention_head_dim=8, num_classes=NUM_CLASSES)
+
+
+def seeded_unet(seed: int = 0, **overrides):
+    """``build_unet(**TINY_UNET | overrides)`` with weights drawn from ``seed``; the global RNG of
+    the calling test is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_unet(**{**TINY_UNET, **overrides}).eval()
+
+
+def make_pipe(unet=None, scheduler=None) -> DiffusionImagePipeline:
+    """A pipeline with the progress bar off. Default: tiny seeded U-Net on a 1000-step linear
+    v-prediction DDPM schedule (v-prediction keeps an untrained net's images mostly inside
+    (0, 1), so the clamp in ``to_output`` does not hide differences between runs)."""
+    unet = seeded_unet() if unet is None else unet
+    scheduler = (DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+                 if scheduler is None else scheduler)
+    pipe = DiffusionImagePipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generators(n: int, offset: int = 0) -> list[torch.Generator]:
+    """One CPU generator per image, seeded ``offset, offset + 1, ...``."""
+    return [torch.Generator().manual_seed(offset + i) for i in range(n)]
+
+
+@contextmanager
+def forward_spy(module: torch.nn.Module):
+    """Record every forward call of ``module``: yields a list that gets one
+    ``SimpleNamespace(batch, class_labels)`` per call."""
+    calls: list[SimpleNamespace] = []
+
+    def hook(_module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        labels = kwargs.get("class_labels")
+        calls.append(SimpleNamespace(batch=sample.shape[0],
+                                     class_labels=None if labels is None else labels.clone()))
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+class StubUNet(torch.nn.Module):
+    """Stands in for ``UNet2DModel``: the output is the constant ``label_value(class label)``
+    everywhere, so conditional and unconditional outputs are known exactly.
+
+    Values are dyadic (k / 4), so ``uncond + s * (cond - uncond)`` is exact in float32 for the
+    scales the tests use. Every call is recorded in ``calls``.
+    """
+
+    NULL_VALUE = -0.5
+
+    def __init__(self, num_classes: Optional[int] = NUM_CLASSES, sample_size: int = SAMPLE_SIZE,
+                 in_channels: int = 1, block_out_channels=(8, 16)):
+        super().__init__()
+        self.config = SimpleNamespace(
+            sample_size=sample_size, in_channels=in_channels,
+            block_out_channels=tuple(block_out_channels),
+            num_class_embeds=None if num_classes is None else num_classes + 1)
+        self.num_real_classes = num_classes
+        self.calls: list[SimpleNamespace] = []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @classmethod
+    def label_value(cls, label: int, num_classes: int = NUM_CLASSES) -> float:
+        """Output value for ``label``; the null class (``num_classes``) gives ``NULL_VALUE``."""
+        return cls.NULL_VALUE if label == num_classes else 0.25 * (label + 1)
+
+    def forward(self, sample, timestep, class_labels=None, return_dict=True):
+        self.calls.append(SimpleNamespace(
+            batch=sample.shape[0], timestep=timestep,
+            class_labels=None if class_labels is None else class_labels.clone()))
+        if class_labels is None:
+            values = torch.full((sample.shape[0],), 0.125)
+        else:
+            values = torch.tensor([self.label_value(int(c), self.num_real_classes)
+                                   for c in class_labels], dtype=torch.float32)
+        return SimpleNamespace(sample=values.view(-1, 1, 1, 1).expand_as(sample).clone())
+
+
+class StubScheduler:
+    """Minimal diffusers-style scheduler: records the arguments of every ``step`` and returns the
+    model output itself as ``x_{t-1}`` (so the final image is the last guided model output)."""
+
+    def __init__(self, num_train_timesteps: int = 1000):
+        self.config = SimpleNamespace(num_train_timesteps=num_train_timesteps)
+        self.init_noise_sigma = 1.0
+        self.steps: list[SimpleNamespace] = []
+
+    def set_timesteps(self, num_inference_steps, device=None):
+        self.timesteps = torch.linspace(self.config.num_train_timesteps - 1, 0,
+                                        num_inference_steps).long()
+
+    def scale_model_input(self, sample, timestep):
+        return sample
+
+    def step(self, model_output, timestep, sample, generator=None):
+        self.steps.append(SimpleNamespace(model_output=model_output.clone(), timestep=timestep,
+                                          sample=sample.clone()))
+        return SimpleNamespace(prev_sample=model_output)
+
+
+@pytest.fixture
+def tiny_pipe() -> DiffusionImagePipeline:
+    """Fresh tiny seeded U-Net pipeline (3 classes, 1x8x8, v-prediction linear DDPM schedule)."""
+    return make_pipe()
+
+
+@pytest.fixture
+def stub_pipe() -> DiffusionImagePipeline:
+    """Pipeline over :class:`StubUNet` and :class:`StubScheduler` (3 classes, 1x8x8)."""
+    return make_pipe(StubUNet(), StubScheduler())

@@ -1,0 +1,203 @@
+"""Tests for samplers/diffusion.py: the registry and building samplers on the training schedule."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+import samplers.diffusion as sd
+from samplers import (
+    DEFAULT_SAMPLER,
+    SamplerSpec,
+    build_sampler,
+    list_samplers,
+    register_sampler,
+    sampler_spec,
+    training_schedule,
+)
+
+REQUIRED = ["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-sde", "euler", "euler-a",
+            "heun", "unipc", "deis", "lms", "pndm"]
+SCHEDULES = ["linear", "squaredcos_cap_v2", "sigmoid"]
+
+
+@pytest.fixture
+def registry_guard(monkeypatch):
+    """Let a test register samplers without leaking them into other tests."""
+    monkeypatch.setattr(sd, "_REGISTRY", dict(sd._REGISTRY))
+
+
+def test_list_samplers_has_the_required_names_sorted():
+    names = list_samplers()
+    assert set(REQUIRED) <= set(names)
+    assert names == sorted(names)
+    assert len(names) == len(set(names))
+    assert DEFAULT_SAMPLER in names
+
+
+def test_list_samplers_returns_a_copy():
+    list_samplers().append("not-a-sampler")
+    assert "not-a-sampler" not in list_samplers()
+
+
+@pytest.mark.parametrize("name", ["nope", "", "DDIM", "dpmpp_2m"])
+def test_unknown_name_raises_value_error_listing_names(name):
+    for call in (lambda: sampler_spec(name), lambda: build_sampler(name, DDPMScheduler())):
+        with pytest.raises(ValueError) as err:
+            call()
+        message = str(err.value)
+        assert repr(name) in message
+        assert all(known in message for known in list_samplers())
+
+
+@pytest.mark.parametrize("name", list_samplers())
+def test_spec_is_complete(name):
+    spec = sampler_spec(name)
+    assert isinstance(spec, SamplerSpec)
+    assert issubclass(spec.scheduler_class, SchedulerMixin)
+    assert isinstance(spec.stochastic, bool)
+    assert spec.source, f"{name} cites no paper"
+
+
+@pytest.mark.parametrize("name", list_samplers())
+def test_build_sampler_returns_a_fresh_configured_object(name):
+    train = DDPMScheduler(num_train_timesteps=1000)
+    a, b = build_sampler(name, train), build_sampler(name, train)
+    spec = sampler_spec(name)
+    assert type(a) is spec.scheduler_class
+    assert a is not b and a is not train
+    assert a.config is not b.config
+    assert dict(a.config) == dict(b.config)
+    for key, value in spec.options.items():
+        assert a.config[key] == value
+    # State set on one (timesteps) does not reach the other.
+    a.set_timesteps(5)
+    b.set_timesteps(7)
+    assert len(a.timesteps) != len(b.timesteps)
+    assert a.config.num_train_timesteps == 1000
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("name", list_samplers())
+def test_build_sampler_keeps_the_training_schedule(name, schedule):
+    train = DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule,
+                          prediction_type="v_prediction")
+    config_before = copy.deepcopy(dict(train.config))
+    betas_before = train.betas.clone()
+    alphas_cumprod_before = train.alphas_cumprod.clone()
+
+    sampler = build_sampler(name, train)
+
+    assert dict(train.config) == config_before  # the training scheduler is never mutated
+    assert torch.equal(train.betas, betas_before)
+    assert torch.equal(train.alphas_cumprod, alphas_cumprod_before)
+    assert sampler.config.num_train_timesteps == 1000
+    assert sampler.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(sampler.alphas_cumprod.double(), train.alphas_cumprod.double(),
+                               atol=1e-6, rtol=0)
+    # Built from the config alone (betas recomputed) gives the same schedule.
+    from_config = build_sampler(name, train.config)
+    torch.testing.assert_close(from_config.alphas_cumprod.double(),
+                               train.alphas_cumprod.double(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_schedules_really_differ(schedule):
+    """Guard for the test above: the three schedules are distinct, so passing a wrong one fails."""
+    ref = DDPMScheduler(beta_schedule=schedule).alphas_cumprod
+    others = [DDPMScheduler(beta_schedule=s).alphas_cumprod for s in SCHEDULES if s != schedule]
+    assert all((ref - o).abs().max() > 1e-2 for o in others)
+
+
+@pytest.mark.parametrize("first", list_samplers())
+@pytest.mark.parametrize("second", ["dpmpp-2m", "ddim", "euler"])
+def test_sampler_options_do_not_leak_into_the_next_sampler(first, second):
+    """Building from a sampler (not the training DDPM) keeps only the training schedule."""
+    train = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    chained = build_sampler(second, build_sampler(first, train))
+    direct = build_sampler(second, train)
+    assert dict(chained.config) == dict(direct.config)
+    torch.testing.assert_close(chained.alphas_cumprod.double(), train.alphas_cumprod.double(),
+                               atol=1e-6, rtol=0)
+
+
+def test_training_schedule_keeps_only_schedule_keys_and_makes_betas_explicit():
+    train = DDPMScheduler(num_train_timesteps=50, beta_start=0.001, beta_end=0.03,
+                          beta_schedule="sigmoid", clip_sample=False, variance_type="fixed_large")
+    schedule = training_schedule(train)
+    assert set(schedule) <= set(sd.TRAINING_SCHEDULE_KEYS)
+    assert "clip_sample" not in schedule and "variance_type" not in schedule
+    assert len(schedule["trained_betas"]) == 50
+    torch.testing.assert_close(torch.tensor(schedule["trained_betas"], dtype=torch.float32),
+                               train.betas, atol=0, rtol=0)
+    from_config = training_schedule(dict(train.config))
+    torch.testing.assert_close(torch.tensor(from_config["trained_betas"]),
+                               torch.tensor(schedule["trained_betas"]), atol=1e-7, rtol=0)
+
+
+def test_custom_trained_betas_reach_every_sampler():
+    betas = torch.linspace(1e-4, 0.05, 40) ** 1.5
+    train = DDPMScheduler(num_train_timesteps=40, trained_betas=betas.tolist())
+    expected = torch.cumprod(1 - betas.double(), 0)
+    for name in list_samplers():
+        sampler = build_sampler(name, train)
+        torch.testing.assert_close(sampler.alphas_cumprod.double(), expected, atol=1e-6, rtol=0,
+                                   msg=name)
+
+
+def test_build_sampler_overrides_win_and_default_spacing_is_trailing():
+    train = DDPMScheduler()
+    assert build_sampler("ddim", train).config.timestep_spacing == "trailing"
+    sampler = build_sampler("ddim", train, timestep_spacing="leading", clip_sample=False)
+    assert sampler.config.timestep_spacing == "leading"
+    assert sampler.config.clip_sample is False
+    assert train.config.timestep_spacing == "leading"  # DDPM default, untouched
+    trailing = build_sampler("ddim", train)
+    trailing.set_timesteps(10)
+    assert int(trailing.timesteps[0]) == 999
+
+
+@pytest.mark.parametrize("name", list_samplers())
+def test_every_sampler_takes_a_step(name):
+    """The diffusers contract: set_timesteps, scale_model_input, step -> finite prev_sample."""
+    sampler = build_sampler(name, DDPMScheduler())
+    sampler.set_timesteps(4)
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * sampler.init_noise_sigma
+    takes_generator = "generator" in inspect.signature(sampler.step).parameters
+    for t in sampler.timesteps:
+        eps = 0.1 * sampler.scale_model_input(x, t)
+        kwargs = {"generator": torch.Generator().manual_seed(1)} if takes_generator else {}
+        x = sampler.step(eps, t, x, **kwargs).prev_sample
+    assert x.shape == (2, 1, 4, 4)
+    assert torch.isfinite(x).all()
+
+
+def test_register_sampler_refuses_duplicates(registry_guard):
+    spec = SamplerSpec(DDIMScheduler, {"clip_sample": False}, False, "test")
+    for name in list_samplers():
+        with pytest.raises(ValueError, match="already registered"):
+            register_sampler(name, spec)
+    assert sampler_spec("ddim").options == {"clip_sample": True}  # unchanged
+
+
+def test_register_sampler_adds_and_overwrites(registry_guard):
+    spec = SamplerSpec(DDIMScheduler, {"clip_sample": False}, False, "test")
+    register_sampler("ddim-noclip", spec)
+    assert "ddim-noclip" in list_samplers()
+    assert sampler_spec("ddim-noclip") is spec
+    assert build_sampler("ddim-noclip", DDPMScheduler()).config.clip_sample is False
+    with pytest.raises(ValueError, match="overwrite=True"):
+        register_sampler("ddim-noclip", SamplerSpec(DDPMScheduler))
+    other = SamplerSpec(DDPMScheduler, {}, True, "test")
+    register_sampler("ddim-noclip", other, overwrite=True)
+    assert sampler_spec("ddim-noclip") is other
+
+
+def test_registry_guard_restores_registry():
+    """Runs after the registering tests: nothing they added survived."""
+    assert "ddim-noclip" not in list_samplers()
