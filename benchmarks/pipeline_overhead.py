@@ -4,12 +4,13 @@ Both sides drive the *same* diffusers ``UNet2DModel`` with identically built sch
 sampler, steps, batch, labels and seeds; one ``torch.Generator`` per image), fp32, under the same
 ``torch.inference_mode()``. Classifier-free guidance (Ho & Salimans 2022, eq. 6) batches the null
 and conditional rows into one forward in both. Timed runs alternate the order of the two sides
-(ABBA) after warm-up runs; the median wall time of ``--repeats`` runs is reported with the ratio
-ours/plain (target <= 1.05), beside the min wall time and the median process CPU time (steadier
-when other jobs share the CPU), and the max abs difference of the images shows both compute the
-same thing.
+(ABBA) after warm-up runs. Reported: median, min and max wall time and median process CPU time
+per side, their ratios ours/plain, and the paired ratio (median over repeats of the ratio of the
+two back-to-back runs), which is judged against the target <= 1.05 because it cancels load from
+other jobs that drifts between runs; the max abs difference of the images shows both sides
+compute the same thing.
 
-Run (about 30 s on 2 CPU cores with the defaults)::
+Run (25-50 s with the defaults on 2 CPU cores shared with other jobs)::
 
     OMP_NUM_THREADS=1 python benchmarks/pipeline_overhead.py
     python benchmarks/pipeline_overhead.py --model path/to/pipeline --batch 16 --steps 20 --sampler euler-a
@@ -43,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="images per run (each gets a null row too)")
     p.add_argument("--steps", type=int, default=10, help="num_inference_steps")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list_samplers())
-    p.add_argument("--repeats", type=int, default=8, help="timed runs per side (median reported)")
+    p.add_argument("--repeats", type=int, default=12, help="timed runs per side (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per side first")
     p.add_argument("--guidance-scale", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
@@ -161,6 +162,8 @@ def main(argv=None) -> int:
     ratio = med["ours (pipeline)"] / med["plain loop"]
     ratio_min = min(wall["ours (pipeline)"]) / min(wall["plain loop"])
     ratio_cpu = med_cpu["ours (pipeline)"] / med_cpu["plain loop"]
+    # Runs r of the two sides are back to back, so their ratio cancels load that drifts slowly.
+    ratio_paired = statistics.median(o / q for o, q in zip(wall["ours (pipeline)"], wall["plain loop"]))
     rows = 2 * args.batch if args.guidance_scale != 1.0 else args.batch
 
     print(f"model   : {source}")
@@ -172,14 +175,16 @@ def main(argv=None) -> int:
     for name, ts in wall.items():
         print(f"{name:18s} {med[name]:9.3f} {min(ts):8.3f} {max(ts):8.3f} {med_cpu[name]:8.3f} "
               f"{1000 * med[name] / args.steps:8.1f}")
-    verdict = "OK" if ratio <= TARGET_RATIO else "ABOVE TARGET"
-    print(f"{'ratio ours/plain':18s} {ratio:9.3f} {ratio_min:8.3f} {'':8s} {ratio_cpu:8.3f}"
-          f"   (median wall vs target <= {TARGET_RATIO}: {verdict})")
+    verdict = "OK" if ratio_paired <= TARGET_RATIO else "ABOVE TARGET"
+    print(f"{'ratio ours/plain':18s} {ratio:9.3f} {ratio_min:8.3f} {'':8s} {ratio_cpu:8.3f}")
+    print(f"paired ratio       {ratio_paired:9.3f}   (median of back-to-back run ratios; "
+          f"target <= {TARGET_RATIO}: {verdict})")
     print(f"max |ours - plain| : {max_diff:.2e} (images in [0, 1])")
     print(f"pipe(sampler=...) builds a scheduler per call: +{1000 * build_s:.1f} ms "
           f"({100 * build_s / med['plain loop']:.1f}% of a plain run)")
-    if device.type == "cpu" and max(max(ts) for ts in wall.values()) > 1.2 * min(med.values()):
-        print("note    : run times vary by > 20%: the CPU is shared; compare the min and cpu columns")
+    if max((max(ts) - min(ts)) / statistics.median(ts) for ts in wall.values()) > 0.2:
+        print("note    : run times vary by > 20%: the machine is shared; trust the paired ratio and "
+              "the min and cpu columns over the median, or add --repeats")
     if max_diff > SAME_IMAGES_ATOL:
         print(f"ERROR: images differ by more than {SAME_IMAGES_ATOL}; the two sides do different work")
         return 1

@@ -115,11 +115,11 @@ class DiffusionImagePipeline(DiffusionPipeline):
 
     def class_id(self, label: Union[int, str]) -> int:
         """Class id for an id or a (case-insensitive) class name; raises ``ValueError`` if unknown."""
-        if isinstance(label, int) and not isinstance(label, bool):
-            return label
         names = [n.lower() for n in (self.config.class_names or [])]
         key = str(label).strip().lower()
-        if key.isdigit():
+        if (isinstance(label, int) and not isinstance(label, bool)) or key.isdigit():
+            if not 0 <= int(key) < (self.num_classes or 0):
+                raise ValueError(f"class id {key} out of range: ids 0..{(self.num_classes or 1) - 1}")
             return int(key)
         if key not in names:
             raise ValueError(f"unknown class {label!r}; known: ids 0..{(self.num_classes or 1) - 1}"
@@ -137,7 +137,7 @@ class DiffusionImagePipeline(DiffusionPipeline):
 
     def check_inputs(self, class_labels, prompt, num_images_per_prompt, num_inference_steps,
                      guidance_scale, eta, generator, latents, output_type, sampler, height,
-                     width) -> torch.Tensor:
+                     width, callback_on_step_end_tensor_inputs=("latents",)) -> torch.Tensor:
         """Validate every argument before any model work; return labels per image (or None).
 
         Raises:
@@ -145,7 +145,11 @@ class DiffusionImagePipeline(DiffusionPipeline):
         """
         if prompt is not None:
             raise ValueError("this pipeline has no text encoder: use class_labels, not prompt")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        def is_number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) \
+                or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
         if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) \
                 or num_inference_steps < 1:
@@ -153,13 +157,16 @@ class DiffusionImagePipeline(DiffusionPipeline):
         if num_inference_steps > self.scheduler.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be <= num_train_timesteps "
                              f"({self.scheduler.config.num_train_timesteps}), got {num_inference_steps}")
-        if not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale) \
-                or guidance_scale < 0:
+        if not is_number(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if not isinstance(eta, (int, float)) or eta < 0:
+        if not is_number(eta) or eta < 0:
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        bad = set(callback_on_step_end_tensor_inputs) - {"latents", "model_output"}
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may name 'latents' and "
+                             f"'model_output', got {sorted(bad)}")
         if sampler is not None and sampler not in list_samplers():
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {list_samplers()}")
         check_image_size(height, width, self.unet.config.block_out_channels)
@@ -225,7 +232,7 @@ class DiffusionImagePipeline(DiffusionPipeline):
         width = width or self.unet.config.sample_size
         labels = self.check_inputs(class_labels, prompt, num_images_per_prompt, num_inference_steps,
                                    guidance_scale, eta, generator, latents, output_type, sampler,
-                                   height, width)
+                                   height, width, callback_on_step_end_tensor_inputs)
         device, dtype = self._execution_device, self.unet.dtype
         batch = num_images_per_prompt if labels is None else len(labels)
         scheduler = self.scheduler if sampler is None else build_sampler(sampler, self.scheduler)
@@ -261,7 +268,8 @@ class DiffusionImagePipeline(DiffusionPipeline):
                 model_output = uncond + guidance_scale * (cond - uncond)
             latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
-                tensors = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                available = {"latents": latents, "model_output": model_output}
+                tensors = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                 latents = callback_on_step_end(self, i, t, tensors).get("latents", latents)
 
         images = to_output(latents, output_type)

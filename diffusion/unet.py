@@ -70,6 +70,12 @@ def build_unet(
     if any(c % norm_num_groups for c in block_out_channels):
         raise ValueError(f"norm_num_groups={norm_num_groups} must divide every block_out_channels "
                          f"entry {block_out_channels}")
+    # The mid block always has attention on the last level's channels; heads = channels // dim.
+    for i in sorted(set(attention_levels) | {levels - 1}):
+        if block_out_channels[i] % attention_head_dim:
+            raise ValueError(f"attention_head_dim={attention_head_dim} must divide the channels of "
+                             f"every attention level and of the mid block; level {i} has "
+                             f"{block_out_channels[i]}")
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
     down = tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(levels))

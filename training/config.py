@@ -145,6 +145,12 @@ def load_config(path: Union[str, Path, None] = None,
         cfg = _to_tuples(OmegaConf.to_object(OmegaConf.merge(*layers)))
     except OmegaConfBaseException as e:
         raise ValueError(f"invalid config: {e}") from None
+    if cfg.train.mixed_precision == "False":
+        # YAML 1.1 reads a bare `no` (train.mixed_precision=no) as the boolean false, which
+        # OmegaConf stores in this str field as "False"; map it back to the choice meant.
+        from dataclasses import replace
+
+        cfg = replace(cfg, train=replace(cfg.train, mixed_precision="no"))
     for (section, key), allowed in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:

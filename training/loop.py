@@ -110,6 +110,17 @@ def _resume_path(cfg: ExperimentConfig) -> Optional[Path]:
     return path
 
 
+def _cpu_only_multiprocess() -> bool:
+    """True under ``torchrun`` / ``accelerate launch --multi_gpu`` with several processes and no
+    GPU. accelerate (1.x) then sets up gloo only when told ``cpu=True``; otherwise every process
+    trains alone as "rank 0 of 1" and they race on the same output folder."""
+    if hasattr(torch, "accelerator"):
+        has_accelerator = torch.accelerator.is_available()
+    else:
+        has_accelerator = torch.cuda.is_available()
+    return not has_accelerator and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def hardware_description() -> str:
     """E.g. ``"2 CPU cores (x86_64)"`` or ``"1x NVIDIA H200"``."""
     if torch.cuda.is_available():
@@ -121,6 +132,11 @@ def _batches(loader, sampler: EpochSampler, state: TrainState, accelerator) -> I
     """Endless micro-batches; ``state.epoch`` / ``state.batch_in_epoch`` track the position."""
     while True:
         sampler.set_epoch(state.epoch)
+        if hasattr(loader, "set_epoch"):
+            # accelerate's loader re-sets the sampler's epoch from its own pass counter on every
+            # pass (and skip_first_batches copies that counter), which restarts at 0 in a resumed
+            # process: give it the checkpointed epoch so it draws the same permutation.
+            loader.set_epoch(state.epoch)
         it = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
         for batch in it:
             state.batch_in_epoch += 1
@@ -138,7 +154,7 @@ class Trainer:
         self.output_dir = Path(t.output_dir)
         self.accelerator = accelerator or Accelerator(
             mixed_precision=t.mixed_precision, log_with="tensorboard",
-            project_dir=str(self.output_dir), rng_types=[])
+            project_dir=str(self.output_dir), rng_types=[], cpu=_cpu_only_multiprocess())
         acc = self.accelerator
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes))
         set_seed(t.seed)  # identical initial weights on every process
@@ -335,15 +351,26 @@ class Trainer:
             "mixed_precision": self.cfg.mixed_precision,
             "parameters": sum(p.numel() for m in self.modules.values() for p in m.parameters()),
             "dataset": f"{self.full_cfg.data.name}/{self.full_cfg.data.split} ({len(self.dataset)} images)",
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "command": _command_line(),
             "versions": {"torch": torch.__version__, "diffusers": _version("diffusers"),
                          "accelerate": _version("accelerate")},
             "figures": figures,
         }
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for f in tmp.rglob("*"):  # safetensors writes 0600; shipped weights must be readable
+            f.chmod(0o755 if f.is_dir() else 0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
+
+
+def _command_line() -> str:
+    """How this process was started, e.g. ``python -m training --config x.yaml a=b``."""
+    argv0 = sys.argv[0]
+    if argv0.endswith(os.path.join("training", "__main__.py")):
+        argv0 = "-m training"
+    launcher = "accelerate launch / torchrun: " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    return launcher + " ".join(["python", argv0, *sys.argv[1:]])
 
 
 def _version(name: str) -> str:

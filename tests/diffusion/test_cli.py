@@ -1,0 +1,77 @@
+"""``python -m diffusion generate|samplers`` on a tiny saved pipeline (and its errors)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion.__main__ import main
+from samplers import list_samplers
+from conftest import make_pipe, seeded_unet
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    pipe = make_pipe(seeded_unet())
+    pipe.register_to_config(class_names=["T-shirt/top", "Trouser", "Bag"])
+    pipe.save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def test_generate_writes_grid_with_a_row_per_class(model_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--model", model_dir, "--per-class", "3", "--steps", "2",
+                 "--sampler", "ddim", "--out", str(out), "--quiet"]) == 0
+    grid = np.asarray(Image.open(out))
+    # make_grid: 3 rows (classes) x 3 columns of 8x8 images with 2-px padding -> 2 + 3 * 10 = 32
+    assert grid.shape[:2] == (32, 32)
+    printed = capsys.readouterr().out
+    assert "NFE=2" in printed and "9 images" in printed
+
+
+def test_generate_per_image_files_named_by_class_and_seed(model_dir, tmp_path):
+    out_dir = tmp_path / "imgs"
+    main(["generate", "--model", model_dir, "--classes", "Bag,0", "--per-class", "2", "--steps", "2",
+          "--seed", "5", "--out", "", "--out-dir", str(out_dir), "--quiet"])
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "Bag_000005.png", "Bag_000006.png", "T-shirt-top_000007.png", "T-shirt-top_000008.png"]
+
+
+def test_generate_same_seed_same_files(model_dir, tmp_path):
+    for name in ("a", "b"):
+        main(["generate", "--model", model_dir, "--per-class", "1", "--steps", "3", "--sampler",
+              "euler-a", "--seed", "3", "--out", str(tmp_path / f"{name}.png"), "--quiet"])
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in "ab")
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", "Sweater"], "unknown class 'Sweater'"),
+    (["--classes", "7"], "class id 7 out of range: ids 0..2"),
+    (["--sampler", "nope"], "unknown sampler 'nope'"),
+    (["--steps", "0"], "must be >= 1"),
+])
+def test_generate_bad_input_is_a_clear_error(model_dir, tmp_path, args, message):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", model_dir, "--out", str(tmp_path / "g.png"), "--quiet", *args])
+    assert message in str(e.value)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["generate", "--model", str(tmp_path / "none")])
+
+
+def test_samplers_command_lists_every_registered_name(capsys):
+    main(["samplers"])
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list_samplers()
+
+
+def test_help_runs_as_a_module():
+    r = subprocess.run([sys.executable, "-m", "diffusion", "generate", "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--guidance-scale" in r.stdout and "--sampler" in r.stdout
