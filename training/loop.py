@@ -71,19 +71,32 @@ class TrainState:
     consumed; ``generator`` draws all training randomness of the objective.
     """
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, process_index: int = 0):
         self.step = self.epoch = self.batch_in_epoch = 0
         self.train_seconds = 0.0
+        self.process_index = process_index
         self.generator = torch.Generator().manual_seed(seed)
+        # (num_processes, state bytes): every process's generator, gathered before a save because
+        # accelerate writes custom state from the main process only.
+        self.all_generator_states: torch.Tensor | None = None
 
     def state_dict(self) -> dict:
+        states = self.all_generator_states
+        if states is None:
+            states = self.generator.get_state().unsqueeze(0)
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "train_seconds": self.train_seconds, "generator": self.generator.get_state()}
+                "train_seconds": self.train_seconds, "generator": states}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch, self.train_seconds = int(state["batch_in_epoch"]), float(state["train_seconds"])
-        self.generator.set_state(state["generator"])
+        states = state["generator"]
+        if states.ndim == 1:  # a single process's state
+            states = states.unsqueeze(0)
+        if self.process_index >= len(states):
+            raise ValueError(f"checkpoint holds generator states of {len(states)} processes; this "
+                             f"is process {self.process_index}: resume with as many processes")
+        self.generator.set_state(states[self.process_index].clone())
 
 
 def list_checkpoints(output_dir) -> list[Path]:
@@ -193,7 +206,7 @@ class Trainer:
                                use_ema_warmup=t.ema_warmup, inv_gamma=1.0, power=2 / 3)
                 ema.to(acc.device)
                 self.emas[n] = ema
-        self.state = TrainState(t.seed * 1000 + acc.process_index)
+        self.state = TrainState(t.seed * 1000 + acc.process_index, acc.process_index)
         for obj in (self.state, *self.lr_schedulers.values(), *self.emas.values()):
             acc.register_for_checkpointing(obj)
 
@@ -208,6 +221,7 @@ class Trainer:
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
+        self.state.all_generator_states = acc.gather(self.state.generator.get_state().unsqueeze(0))
         acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -280,10 +294,10 @@ class Trainer:
             if self.cfg.max_grad_norm:
                 logs[f"{opt_name}/grad_norm"] = float(acc.clip_grad_norm_(module.parameters(),
                                                                           self.cfg.max_grad_norm))
+            logs[f"{opt_name}/lr"] = self.lr_schedulers[opt_name].get_last_lr()[0]  # this step's
             self.optimizers[opt_name].step()
             self.lr_schedulers[opt_name].step()
             self.optimizers[opt_name].zero_grad(set_to_none=True)
-            logs[f"{opt_name}/lr"] = self.lr_schedulers[opt_name].get_last_lr()[0]
         for n, ema in self.emas.items():
             ema.step(acc.unwrap_model(self.modules[n]).parameters())
         self.state.step += 1

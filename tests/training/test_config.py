@@ -9,7 +9,7 @@ import pytest
 
 from training.config import (ExperimentConfig, ModelConfig, TrainConfig, load_config, to_flat_dict,
                              to_yaml)
-from training_helpers import REPO
+from tests.training.training_helpers import REPO
 
 CONFIG_FILES = sorted((REPO / "training" / "configs").glob("*.yaml"))
 
@@ -40,6 +40,15 @@ def test_yaml_then_overrides_in_that_order(tmp_path):
     assert cfg.train.resume is None
     assert cfg.data.subset == 100
     assert cfg.train.batch_size == TrainConfig().batch_size  # untouched keys keep defaults
+
+
+def test_bare_no_is_the_string_no(tmp_path):
+    """YAML reads `no` as false; mixed_precision=no must still mean "no" (fp32)."""
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(_write(tmp_path, "train:\n  mixed_precision: no\n")).train.mixed_precision == "no"
+    assert load_config(None, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    with pytest.raises(ValueError, match="mixed_precision"):
+        load_config(None, ["train.mixed_precision=yes"])
 
 
 def test_config_is_frozen():

@@ -1,5 +1,5 @@
-"""Helpers shared by the tests in ``tests/training/`` (imported by name: pytest puts this folder
-on ``sys.path``). Not a test module; kept small on purpose."""
+"""Helpers shared by the tests in ``tests/training/`` (``from tests.training.training_helpers
+import ...``; the repo root is on ``sys.path`` under pytest). Not a test module."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: A ~42k-parameter U-Net on 28x28 grayscale, fp32, one thread, no mid-run samples or exports.
+#: A ~42k-parameter U-Net on 28x28 grayscale, fp32, one thread, no mid-run samples or checkpoints.
 TINY = (
     "model.block_out_channels=[8,16]",
     "model.norm_num_groups=4",
