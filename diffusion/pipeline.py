@@ -73,8 +73,10 @@ def normalize_class_labels(class_labels, num_classes: Optional[int]) -> Optional
         raise ValueError(f"class_labels is required for this class-conditional model ({allowed})")
     if isinstance(class_labels, (bool, float)):
         raise ValueError(f"class_labels must be {allowed}, got {class_labels!r}")
-    if isinstance(class_labels, int):
-        class_labels = [class_labels]
+    if isinstance(class_labels, (int, np.integer)):
+        class_labels = [int(class_labels)]
+    elif not isinstance(class_labels, (torch.Tensor, list, tuple, range, np.ndarray)):
+        raise ValueError(f"class_labels must be {allowed}, got {class_labels!r}")
     if isinstance(class_labels, torch.Tensor):
         if class_labels.dtype.is_floating_point or class_labels.dtype == torch.bool:
             raise ValueError(f"class_labels must be {allowed}, got a {class_labels.dtype} tensor")
@@ -228,8 +230,8 @@ class DiffusionImagePipeline(DiffusionPipeline):
         Raises:
             ValueError: invalid argument (before any denoising).
         """
-        height = height or self.unet.config.sample_size
-        width = width or self.unet.config.sample_size
+        height = self.unet.config.sample_size if height is None else height
+        width = self.unet.config.sample_size if width is None else width
         labels = self.check_inputs(class_labels, prompt, num_images_per_prompt, num_inference_steps,
                                    guidance_scale, eta, generator, latents, output_type, sampler,
                                    height, width, callback_on_step_end_tensor_inputs)

@@ -30,9 +30,8 @@ from diffusion.unet import build_unet  # noqa: E402
 NUM_CLASSES = 3
 SAMPLE_SIZE = 8
 
-# The brief's tiny U-Net, plus attention_head_dim=8: the default head dim (32) is larger than the
-# 16 channels of the mid block's attention, which builds a U-Net that divides by zero in forward
-# (see tests/diffusion/test_unet.py::test_every_unet_build_unet_accepts_runs_forward).
+# Two levels (8, 16) at 8x8; attention_head_dim=8 because the mid block always attends and
+# build_unet requires the head dim to divide its 16 channels (the default 32 does not).
 TINY_UNET = dict(sample_size=SAMPLE_SIZE, in_channels=1, block_out_channels=(8, 16),
                  norm_num_groups=4, layers_per_block=1, attention_levels=(),
                  attention_head_dim=8, num_classes=NUM_CLASSES)

@@ -167,7 +167,8 @@ def test_every_sampler_takes_a_step(name):
     """The diffusers contract: set_timesteps, scale_model_input, step -> finite prev_sample."""
     sampler = build_sampler(name, DDPMScheduler())
     sampler.set_timesteps(4)
-    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * sampler.init_noise_sigma
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = x * sampler.init_noise_sigma
     takes_generator = "generator" in inspect.signature(sampler.step).parameters
     for t in sampler.timesteps:
         eps = 0.1 * sampler.scale_model_input(x, t)
