@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=default_model_path())
     p.add_argument("--classifier", default=None, help="default: the shipped classifier")
-    p.add_argument("--samplers", default="all", help="comma-separated names or 'all'")
+    p.add_argument("--samplers", default="all", help="comma-separated names, 'all', or 'none' (default-sampler row only)")
     p.add_argument("--steps", type=int, default=25, help="steps for every sampler but ddpm")
     p.add_argument("--ddpm-steps", type=int, default=100)
     p.add_argument("--default-steps", type=int, default=20, help="steps for the default-sampler row")
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     pipe = DiffusionImagePipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     clf = load_classifier(args.classifier)
-    names = list_samplers() if args.samplers == "all" else args.samplers.split(",")
+    names = {"all": list_samplers(), "none": []}.get(args.samplers) or args.samplers.split(",")
     runs = [(DEFAULT_SAMPLER, args.default_steps, "default")]
     runs += [(n, args.ddpm_steps if n == "ddpm" else args.steps, "") for n in names]
 
