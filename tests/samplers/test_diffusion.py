@@ -153,9 +153,9 @@ def test_custom_trained_betas_reach_every_sampler():
 def test_build_sampler_overrides_win_and_default_spacing_is_trailing():
     train = DDPMScheduler()
     assert build_sampler("ddim", train).config.timestep_spacing == "trailing"
-    sampler = build_sampler("ddim", train, timestep_spacing="leading", clip_sample=False)
+    sampler = build_sampler("ddim", train, timestep_spacing="leading", clip_sample=True)
     assert sampler.config.timestep_spacing == "leading"
-    assert sampler.config.clip_sample is False
+    assert sampler.config.clip_sample is True
     assert train.config.timestep_spacing == "leading"  # DDPM default, untouched
     trailing = build_sampler("ddim", train)
     trailing.set_timesteps(10)
@@ -179,26 +179,26 @@ def test_every_sampler_takes_a_step(name):
 
 
 def test_register_sampler_refuses_duplicates(registry_guard):
-    spec = SamplerSpec(DDIMScheduler, {"clip_sample": False}, False, "test")
+    spec = SamplerSpec(DDIMScheduler, {"clip_sample": True}, False, "test")
     for name in list_samplers():
         with pytest.raises(ValueError, match="already registered"):
             register_sampler(name, spec)
-    assert sampler_spec("ddim").options == {"clip_sample": True}  # unchanged
+    assert sampler_spec("ddim").options == {"clip_sample": False}  # unchanged
 
 
 def test_register_sampler_adds_and_overwrites(registry_guard):
-    spec = SamplerSpec(DDIMScheduler, {"clip_sample": False}, False, "test")
-    register_sampler("ddim-noclip", spec)
-    assert "ddim-noclip" in list_samplers()
-    assert sampler_spec("ddim-noclip") is spec
-    assert build_sampler("ddim-noclip", DDPMScheduler()).config.clip_sample is False
+    spec = SamplerSpec(DDIMScheduler, {"clip_sample": True}, False, "test")
+    register_sampler("ddim-clip", spec)
+    assert "ddim-clip" in list_samplers()
+    assert sampler_spec("ddim-clip") is spec
+    assert build_sampler("ddim-clip", DDPMScheduler()).config.clip_sample is True
     with pytest.raises(ValueError, match="overwrite=True"):
-        register_sampler("ddim-noclip", SamplerSpec(DDPMScheduler))
+        register_sampler("ddim-clip", SamplerSpec(DDPMScheduler))
     other = SamplerSpec(DDPMScheduler, {}, True, "test")
-    register_sampler("ddim-noclip", other, overwrite=True)
-    assert sampler_spec("ddim-noclip") is other
+    register_sampler("ddim-clip", other, overwrite=True)
+    assert sampler_spec("ddim-clip") is other
 
 
 def test_registry_guard_restores_registry():
     """Runs after the registering tests: nothing they added survived."""
-    assert "ddim-noclip" not in list_samplers()
+    assert "ddim-clip" not in list_samplers()
