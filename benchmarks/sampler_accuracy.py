@@ -42,10 +42,20 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/results/sampler_accuracy")
     args = p.parse_args(argv)
 
+    if args.samplers == "all":
+        names = list_samplers()
+    elif args.samplers == "none":
+        names = []
+    else:
+        names = args.samplers.split(",")
+    unknown = [n for n in names if n not in list_samplers()]
+    if unknown:
+        p.error(f"unknown sampler(s) {unknown}; choose from {list_samplers()}")
+    if not (Path(args.model) / "model_index.json").is_file():
+        p.error(f"--model {args.model!r} is not a pipeline folder (no model_index.json)")
     pipe = DiffusionImagePipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     clf = load_classifier(args.classifier)
-    names = {"all": list_samplers(), "none": []}.get(args.samplers) or args.samplers.split(",")
     runs = [(DEFAULT_SAMPLER, args.default_steps, args.default_num_samples, "default")]
     runs += [(n, args.ddpm_steps if n == "ddpm" else args.steps, args.num_samples, "") for n in names]
     precision = "bf16" if args.bf16 else "fp32"

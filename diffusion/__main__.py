@@ -42,6 +42,13 @@ def cmd_generate(args) -> int:
     if not Path(model).is_dir():
         raise SystemExit(f"error: model folder {model!r} does not exist (train one with "
                          f"`python -m training --config ...`; its pipeline is in <output_dir>/final)")
+    if not (Path(model) / "model_index.json").is_file():
+        raise SystemExit(f"error: {model!r} is not a saved pipeline (no model_index.json); "
+                         f"use the folder written by save_pretrained, e.g. <output_dir>/final")
+    if args.quiet:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
     start = time.time()
     pipe = DiffusionImagePipeline.from_pretrained(model)
     pipe.to(args.device)

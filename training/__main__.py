@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     from training.loop import train
 
     out = train(cfg)
-    print(f"exported to {out}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"exported to {out}")
     return 0
 
 
