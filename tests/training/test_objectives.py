@@ -1,0 +1,102 @@
+"""Diffusion objective: noise schedules, targets per prediction type, min-SNR weights, condition
+dropout - against values computed independently here."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from training.config import load_config
+from training.objectives import DiffusionObjective, min_snr_weights, training_scheduler
+
+TINY = ["model.block_out_channels=[8,16]", "model.norm_num_groups=4", "model.layers_per_block=1",
+        "model.attention_levels=[]", "model.attention_head_dim=8"]
+
+
+class ZeroModel(torch.nn.Module):
+    """Predicts zeros and records the class labels it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.labels = []
+
+    def forward(self, x, t, class_labels=None):
+        self.labels.append(class_labels.clone())
+        return SimpleNamespace(sample=torch.zeros_like(x))
+
+
+def objective(*overrides):
+    obj = DiffusionObjective(load_config(None, [*TINY, *overrides]), num_classes=10)
+    obj.modules["model"] = ZeroModel()
+    return obj
+
+
+def test_noise_schedules_match_their_definitions():
+    linear = training_scheduler(load_config(None, []))
+    assert linear.betas[0].item() == pytest.approx(1e-4) and linear.betas[-1].item() == pytest.approx(0.02)
+    assert torch.allclose(linear.betas, torch.linspace(1e-4, 0.02, 1000))
+    cosine = training_scheduler(load_config(None, ["diffusion.beta_schedule=cosine"]))
+    # Nichol & Dhariwal 2021, eq. 17: abar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2)
+    f = lambda t: torch.cos(torch.tensor((t / 1000 + 0.008) / 1.008 * torch.pi / 2)) ** 2
+    assert cosine.alphas_cumprod[499].item() == pytest.approx((f(500) / f(0)).item(), rel=1e-3)
+    sigmoid = training_scheduler(load_config(None, ["diffusion.beta_schedule=sigmoid"]))
+    assert torch.allclose(sigmoid.betas, torch.sigmoid(torch.linspace(-6, 6, 1000)) * (0.02 - 1e-4) + 1e-4)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_loss_target_per_prediction_type(prediction_type):
+    obj = objective(f"diffusion.prediction_type={prediction_type}", "diffusion.cond_drop_prob=0")
+    x0 = torch.rand(4, 1, 28, 28) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 3])
+    loss, _ = obj.loss("model", obj.modules, (x0, labels), torch.Generator().manual_seed(3))
+    # Draw what the objective draws, in its order: dropout, t, eps.
+    g = torch.Generator().manual_seed(3)
+    torch.rand(4, generator=g)
+    t = torch.randint(0, 1000, (4,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    abar = obj.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    target = {"epsilon": eps, "sample": x0,
+              "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction_type]
+    assert loss.item() == pytest.approx(target.pow(2).mean().item(), rel=1e-5)
+
+
+def test_min_snr_weights_reference_values():
+    snr = torch.tensor([0.5, 5.0, 50.0])
+    assert torch.allclose(min_snr_weights(snr, 5.0, "epsilon"), torch.tensor([1.0, 1.0, 0.1]))
+    assert torch.allclose(min_snr_weights(snr, 5.0, "v_prediction"),
+                          torch.tensor([0.5 / 1.5, 5 / 6, 5 / 51]))
+    assert torch.allclose(min_snr_weights(snr, 5.0, "sample"), torch.tensor([0.5, 5.0, 5.0]))
+
+
+def test_min_snr_loss_is_the_weighted_mean():
+    x0, labels = torch.rand(6, 1, 28, 28) * 2 - 1, torch.arange(6)
+    plain = objective("diffusion.cond_drop_prob=0")
+    weighted = objective("diffusion.cond_drop_prob=0", "diffusion.snr_gamma=5")
+    g = torch.Generator().manual_seed(0)
+    torch.rand(6, generator=g)
+    t = torch.randint(0, 1000, (6,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    abar = plain.noise_scheduler.alphas_cumprod[t]
+    w = min_snr_weights(abar / (1 - abar), 5.0, "epsilon")
+    expected = (eps.pow(2).mean(dim=(1, 2, 3)) * w).mean()
+    loss, _ = weighted.loss("model", weighted.modules, (x0, labels), torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("p, expected_null", [(0.0, 0), (1.0, 64)])
+def test_condition_dropout_replaces_labels_by_the_null_class(p, expected_null):
+    obj = objective(f"diffusion.cond_drop_prob={p}")
+    x0, labels = torch.zeros(64, 1, 28, 28), torch.arange(64) % 10
+    obj.loss("model", obj.modules, (x0, labels), torch.Generator().manual_seed(0))
+    seen = obj.modules["model"].labels[0]
+    assert int((seen == 10).sum()) == expected_null
+    if p == 0.0:
+        assert torch.equal(seen, labels)
+
+
+def test_condition_dropout_rate_is_close_to_p():
+    obj = objective("diffusion.cond_drop_prob=0.1")
+    labels = torch.arange(4000) % 10
+    obj.loss("model", obj.modules, (torch.zeros(4000, 1, 28, 28), labels), torch.Generator().manual_seed(0))
+    rate = (obj.modules["model"].labels[0] == 10).float().mean().item()
+    assert 0.08 < rate < 0.12
