@@ -337,8 +337,8 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         final_scalars = self.evaluate()
-        if not list_checkpoints(self.output_dir) or list_checkpoints(self.output_dir)[-1].name != \
-                f"{CHECKPOINT_PREFIX}{state.step:07d}":
+        saved = [p.name for p in list_checkpoints(self.output_dir)]
+        if f"{CHECKPOINT_PREFIX}{state.step:07d}" not in saved[-1:]:
             self.save_checkpoint()
         out = self.output_dir / FINAL_DIR
         if t.export and acc.is_main_process:
