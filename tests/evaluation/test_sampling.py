@@ -1,0 +1,124 @@
+"""Generation for evaluation: per-image seeds and classes, the shard cache, resume, the split
+across processes."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import NUM_CLASSES, forward_spy, make_pipe, seeded_unet
+from diffusion.evaluation.sampling import (generate_samples, iter_sample_shards,
+                                           pipeline_fingerprint, sample_settings, settings_key)
+
+KW = dict(call_kwargs=dict(sampler="ddim", num_inference_steps=3, guidance_scale=2.0),
+          progress=False)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return make_pipe()
+
+
+def test_labels_cycle_and_images_do_not_depend_on_batch_size(pipe):
+    a = generate_samples(pipe, 7, batch_size=3, shard_size=4, **KW)
+    b = generate_samples(pipe, 7, batch_size=7, shard_size=7, **KW)
+    assert a.images.shape == (7, 1, 8, 8) and a.images.dtype == torch.uint8
+    assert a.labels.tolist() == [i % NUM_CLASSES for i in range(7)]
+    assert (a.images.int() - b.images.int()).abs().max() <= 1  # uint8 rounding of fp32 noise
+    assert a.nfe == 3 and a.generated == 7 and a.seconds_per_image > 0
+
+
+def test_image_i_equals_a_direct_pipeline_call_with_seed_plus_i(pipe):
+    run = generate_samples(pipe, 4, seed=10, batch_size=4, **KW)
+    out = pipe(class_labels=[3 % NUM_CLASSES], generator=[torch.Generator().manual_seed(13)], output_type="pt",
+               **KW["call_kwargs"])
+    direct = (out.images.clamp(0, 1) * 255).round().to(torch.uint8)
+    assert torch.equal(run.images[3:4], direct)
+
+
+def test_shorter_run_is_a_prefix_of_a_longer_one(pipe):
+    short = generate_samples(pipe, 3, batch_size=2, shard_size=2, **KW)
+    long = generate_samples(pipe, 6, batch_size=2, shard_size=2, **KW)
+    assert torch.equal(short.images, long.images[:3])
+
+
+def test_cache_is_read_back_without_network_calls(pipe, tmp_path):
+    first = generate_samples(pipe, 5, shard_size=2, cache_dir=tmp_path, **KW)
+    with forward_spy(pipe.unet) as calls:
+        second = generate_samples(pipe, 5, shard_size=2, cache_dir=tmp_path, **KW)
+    assert calls == [] and second.generated == 0 and first.generated == 5
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert second.seconds_per_image == pytest.approx(first.seconds_per_image)
+    folder = next(tmp_path.iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "settings.json", "shard-00000.npz", "shard-00001.npz", "shard-00002-n1.npz"]
+    assert json.loads((folder / "settings.json").read_text())["call_kwargs"]["sampler"] == "ddim"
+
+
+def test_resume_regenerates_only_missing_shards(pipe, tmp_path):
+    generate_samples(pipe, 6, shard_size=2, batch_size=2, cache_dir=tmp_path, **KW)
+    folder = next(tmp_path.iterdir())
+    (folder / "shard-00001.npz").unlink()
+    (folder / ".tmp-half-written.npz").write_bytes(b"garbage")  # an interrupted write
+    with forward_spy(pipe.unet) as calls:
+        run = generate_samples(pipe, 6, shard_size=2, batch_size=2, cache_dir=tmp_path, **KW)
+    assert run.generated == 2 and len(calls) == 3  # one batch of 2, three steps
+    assert (folder / "shard-00001.npz").is_file()
+
+
+def test_longer_run_regenerates_a_short_last_shard(pipe, tmp_path):
+    generate_samples(pipe, 3, shard_size=2, cache_dir=tmp_path, **KW)
+    run = generate_samples(pipe, 4, shard_size=2, cache_dir=tmp_path, **KW)
+    assert run.generated == 2  # shard 1 was 1 image long, now 2
+    again = generate_samples(pipe, 3, shard_size=2, cache_dir=tmp_path, **KW)
+    assert again.generated == 0 and torch.equal(again.images, run.images[:3])
+
+
+def test_cache_key_follows_what_changes_the_images(pipe):
+    base = settings_key(sample_settings(pipe, KW["call_kwargs"], 0, 500, None))
+    changed = [
+        sample_settings(pipe, {**KW["call_kwargs"], "sampler": "euler"}, 0, 500, None),
+        sample_settings(pipe, {**KW["call_kwargs"], "num_inference_steps": 4}, 0, 500, None),
+        sample_settings(pipe, {**KW["call_kwargs"], "guidance_scale": 3.0}, 0, 500, None),
+        sample_settings(pipe, KW["call_kwargs"], 1, 500, None),
+        sample_settings(pipe, KW["call_kwargs"], 0, 250, None),
+        sample_settings(pipe, KW["call_kwargs"], 0, 500, torch.bfloat16),
+        sample_settings(make_pipe(seeded_unet(seed=1)), KW["call_kwargs"], 0, 500, None),
+    ]
+    keys = {settings_key(s) for s in changed}
+    assert base not in keys and len(keys) == len(changed)
+    assert pipeline_fingerprint(pipe) == pipeline_fingerprint(make_pipe())
+
+
+def test_shards_are_split_round_robin_across_processes(pipe, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def fake(rank):
+        def wait():
+            raise Stop  # stop right after this process's share, before reading the others
+        return SimpleNamespace(num_processes=2, process_index=rank, wait_for_everyone=wait)
+
+    for rank in (0, 1):
+        with pytest.raises(Stop):
+            list(iter_sample_shards(pipe, 7, shard_size=2, cache_dir=tmp_path / f"r{rank}",
+                                    accelerator=fake(rank), **KW))
+    names = lambda r: sorted(p.name for p in next((tmp_path / f"r{r}").iterdir()).glob("*.npz"))
+    assert names(0) == ["shard-00000.npz", "shard-00002.npz"]
+    assert names(1) == ["shard-00001.npz", "shard-00003-n1.npz"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_samples=0), "num_samples"),
+    (dict(num_samples=4, batch_size=0), "batch_size"),
+    (dict(num_samples=4, shard_size=-1), "shard_size"),
+    (dict(num_samples=4, accelerator=SimpleNamespace(num_processes=2, process_index=0)),
+     "cache_dir"),
+])
+def test_bad_arguments_raise_before_any_generation(pipe, kwargs, match):
+    with forward_spy(pipe.unet) as calls, pytest.raises(ValueError, match=match):
+        list(iter_sample_shards(pipe, **kwargs, **KW))
+    assert calls == []
