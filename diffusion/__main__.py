@@ -1,4 +1,5 @@
-"""Command line: ``python -m diffusion generate|samplers ...`` (also the ``diffusion-centric`` script).
+"""Command line: ``python -m diffusion generate|evaluate|sweep|samplers ...`` (also the
+``diffusion-centric`` script).
 
 Examples::
 
@@ -6,6 +7,9 @@ Examples::
     python -m diffusion generate --classes Sneaker,Bag --per-class 8 --sampler euler-a \\
         --steps 30 --guidance-scale 3 --seed 7 --out grid.png --out-dir samples/
     python -m diffusion samplers                                      # list sampler names
+    python -m diffusion evaluate --num-samples 2000 --out runs/eval.json  # FID, KID, P/R, accuracy
+    python -m diffusion sweep --samplers ddim,dpmpp-2m,heun --nfe 5,10,20,50 --out runs/sweep
+    accelerate launch --num_processes 2 -m diffusion evaluate ...     # generation split over 2
 """
 
 from __future__ import annotations
@@ -102,6 +106,178 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST model")
+    p.add_argument("--metrics", default="fid,kid,precision,recall,is,accuracy",
+                   help="comma-separated subset of fid,kid,precision,recall,is,accuracy")
+    p.add_argument("--num-samples", type=int, default=2000, help="images to generate (default 2000)")
+    p.add_argument("--guidance-scale", type=float, default=2.0, help="guidance scale (default 2.0)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed+i, class i %% K (default 0)")
+    p.add_argument("--batch-size", type=int, default=250, help="images per pipeline call")
+    p.add_argument("--features", default="classifier", choices=["classifier", "inception"],
+                   help="feature network for FID/KID/precision/recall (default: the shipped "
+                        "Fashion-MNIST classifier's 128-d penultimate features)")
+    p.add_argument("--inception-weights", default=None,
+                   help="local Inception-v3 FID weights file (weights-inception-2015-12-05-"
+                        "6726825d.pth) for --features inception; never downloaded")
+    p.add_argument("--dataset", default="fashion-mnist", help="reference dataset (default fashion-mnist)")
+    p.add_argument("--dataset-root", default=None, help="folder of the dataset files")
+    p.add_argument("--reference-split", default="test", help="reference split (default test)")
+    p.add_argument("--reference-num-samples", type=int, default=None,
+                   help="real images for the reference statistics (default: the whole split)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache of reference features and generated samples (default "
+                        "$DIFFUSION_CENTRIC_CACHE or ~/.cache/diffusion-centric)")
+    p.add_argument("--no-cache", action="store_true", help="cache nothing on disk")
+    p.add_argument("--bf16", action="store_true", help="sample under bfloat16 autocast")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _eval_setup(args):
+    """(pipeline, accelerator or None, evaluate keyword arguments) from the shared arguments."""
+    import os
+
+    import torch
+
+    from diffusion import default_model_path
+    from diffusion.loading import load_pipeline
+
+    if args.num_samples < 2 or args.batch_size < 1:
+        raise SystemExit("error: --num-samples must be >= 2 and --batch-size >= 1")
+    if args.features == "inception" and not args.inception_weights:
+        raise SystemExit("error: --features inception needs --inception-weights PATH (a local copy "
+                         "of weights-inception-2015-12-05-6726825d.pth; nothing is downloaded)")
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=args.device == "cpu")
+    if getattr(args, "real", None):
+        from diffusion.evaluation.real import RealImagesPipeline
+        from training.data import load_dataset
+
+        try:
+            return (RealImagesPipeline(load_dataset(args.dataset, split=args.real,
+                                                    root=args.dataset_root), seed=args.seed),
+                    accelerator, _eval_kwargs(args, accelerator))
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}")
+    try:
+        pipe = load_pipeline(args.model or default_model_path(),
+                             device=str(accelerator.device) if accelerator else args.device,
+                             quiet=args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    return pipe, accelerator, _eval_kwargs(args, accelerator)
+
+
+def _eval_kwargs(args, accelerator) -> dict:
+    import torch
+
+    cache_dir = None if args.no_cache else (args.cache_dir or "default")
+    real = getattr(args, "real", None)
+    return dict(metrics=args.metrics, num_samples=args.num_samples, batch_size=args.batch_size,
+                guidance_scale=None if real else args.guidance_scale, seed=args.seed,
+                dataset=args.dataset, dataset_root=args.dataset_root, feature_network=args.features,
+                inception_weights=args.inception_weights, reference_split=args.reference_split,
+                reference_num_samples=args.reference_num_samples, cache_dir=cache_dir,
+                autocast_dtype=torch.bfloat16 if args.bf16 else None, accelerator=accelerator,
+                progress=not args.quiet)
+
+
+_TABLE = (("n", "{}"), ("nfe", "{}"), ("fid", "{:.3f}"), ("kid", "{:.5f}"), ("kid_std", "{:.5f}"),
+          ("precision", "{:.3f}"), ("recall", "{:.3f}"), ("inception_score", "{:.3f}"),
+          ("accuracy", "{:.4f}"), ("cas", "{:.4f}"), ("cas_real_accuracy", "{:.4f}"),
+          ("cas_ratio", "{:.3f}"), ("seconds_per_image", "{:.4f}"),
+          ("peak_memory_bytes", "{:,}"), ("feature_network", "{}"), ("reference_split", "{}"),
+          ("reference_n", "{}"), ("hardware", "{}"))
+
+
+def _print_table(result: dict) -> None:
+    for key, fmt in _TABLE:
+        if result.get(key) is not None:
+            print(f"  {key:20s} {fmt.format(result[key])}")
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from diffusion.evaluation import evaluate
+
+    pipe, accelerator, kwargs = _eval_setup(args)
+    call = {} if args.real else dict(sampler=args.sampler, num_inference_steps=args.steps)
+    try:
+        result = evaluate(pipe, **call, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    if args.real:
+        result["sampler"] = f"real images ({args.dataset} {args.real})"
+    if args.cas:
+        from diffusion.evaluation.cas import classification_accuracy_score
+        from diffusion.evaluation.sampling import generate_samples
+
+        run = generate_samples(pipe, args.num_samples, seed=args.seed, batch_size=args.batch_size,
+                               call_kwargs={k: v for k, v in dict(
+                                   call, guidance_scale=kwargs["guidance_scale"]).items()
+                                   if v is not None},
+                               cache_dir=None if kwargs["cache_dir"] is None else
+                               _sample_cache(kwargs["cache_dir"]),
+                               autocast_dtype=kwargs["autocast_dtype"], progress=not args.quiet)
+        cas = classification_accuracy_score(run.images, run.labels, seed=args.seed,
+                                            max_steps=args.cas_steps)
+        result.update(cas=cas["cas"], cas_real_accuracy=cas["real_accuracy"],
+                      cas_ratio=cas["ratio"], cas_details=cas)
+    if accelerator is not None and not accelerator.is_main_process:
+        return 0
+    print(f"{result['pipeline']} sampler={result['sampler']} steps={result['num_inference_steps']} "
+          f"guidance_scale={result['guidance_scale']} seed={result['seed']} "
+          f"dtype={result['autocast_dtype'] or 'float32'}")
+    _print_table(result)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _sample_cache(cache_dir):
+    from diffusion.evaluation.evaluator import default_cache_dir
+
+    return Path(default_cache_dir() if cache_dir == "default" else cache_dir) / "samples"
+
+
+def cmd_sweep(args) -> int:
+    import json
+
+    from diffusion.evaluation.sweep import plot_sweep, sweep, write_csv
+    from samplers import list_samplers
+
+    pipe, accelerator, kwargs = _eval_setup(args)
+    samplers = list_samplers() if args.samplers == "all" else args.samplers.split(",")
+    steps = [int(v) for v in args.steps.split(",")] if args.steps else None
+    nfe = [int(v) for v in args.nfe.split(",")] if args.nfe else None
+    reference = None
+    if args.reference:
+        name, _, n = args.reference.partition(":")
+        reference = (name, int(n or 250))
+    try:
+        rows = sweep(pipe, samplers, steps=steps, nfe=nfe, reference=reference, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    if accelerator is not None and not accelerator.is_main_process:
+        return 0
+    out = Path(args.out)
+    write_csv(rows, out / "sweep.csv")
+    (out / "sweep.json").write_text(json.dumps(rows, indent=2, default=str))
+    metric = "fid" if "fid" in args.metrics.split(",") else args.metrics.split(",")[0]
+    metric = {"is": "inception_score"}.get(metric, metric)
+    paths = plot_sweep(rows, out, metric=metric)
+    print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, " + ", ".join(map(str, paths)))
+    return 0
+
+
 def cmd_samplers(args) -> int:
     from samplers import list_samplers, sampler_spec
 
@@ -114,7 +290,7 @@ def cmd_samplers(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diffusion",
-                                     description="Generate images with a trained diffusion pipeline.")
+                                     description="Generate, evaluate and sweep image generators.")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate a grid (and/or per-image files)",
                        description="Generate images; by default a 10x10 grid (a row per class) "
@@ -137,6 +313,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", default=None, help="also write one PNG per image here")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
+    e = sub.add_parser("evaluate", help="FID, KID, precision/recall, IS, accuracy (and CAS)",
+                       description="Generate --num-samples images and score them against a real "
+                                   "split; prints a table and writes JSON (--out).")
+    _add_eval_arguments(e)
+    e.add_argument("--sampler", default="dpmpp-2m", help="sampler name (default dpmpp-2m)")
+    e.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
+    e.add_argument("--real", default=None, metavar="SPLIT",
+                   help="score real images of SPLIT (e.g. train) instead of a model: the floor "
+                        "every model is measured against")
+    e.add_argument("--cas", action="store_true",
+                   help="also CAS: train the evaluation classifier on the generated images and on "
+                        "as many real ones, test both on the real test split (minutes)")
+    e.add_argument("--cas-steps", type=int, default=None,
+                   help="classifier training steps for --cas (default: the shipped config's)")
+    e.add_argument("--out", default=None, help="JSON file for the result")
+    e.set_defaults(func=cmd_evaluate)
+    w = sub.add_parser("sweep", help="quality vs NFE / seconds of several samplers: CSV + plots",
+                       description="Evaluate every sampler at every step count (--steps) or NFE "
+                                   "budget (--nfe); writes sweep.csv, sweep.json and FID-vs-NFE "
+                                   "and FID-vs-seconds plots to --out.")
+    _add_eval_arguments(w)
+    w.add_argument("--samplers", default="ddim,dpmpp-2m,unipc,euler,heun",
+                   help="comma-separated sampler names, or 'all'")
+    group = w.add_mutually_exclusive_group(required=True)
+    group.add_argument("--steps", default=None, help="comma-separated num_inference_steps")
+    group.add_argument("--nfe", default=None, help="comma-separated NFE budgets")
+    w.add_argument("--reference", default=None,
+                   help="a reference row SAMPLER:STEPS drawn as a dashed line, e.g. ddpm:250")
+    w.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
+    w.set_defaults(func=cmd_sweep)
     s = sub.add_parser("samplers", help="list the registered samplers")
     s.set_defaults(func=cmd_samplers)
     return parser
@@ -144,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "per_class", 1) < 1 or getattr(args, "steps", 1) < 1 or \
+    steps = getattr(args, "steps", 1)
+    if getattr(args, "per_class", 1) < 1 or (isinstance(steps, int) and steps < 1) or \
             getattr(args, "batch_size", 1) < 1:
         raise SystemExit("error: --per-class, --steps and --batch-size must be >= 1")
     return args.func(args)

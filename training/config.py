@@ -56,6 +56,9 @@ class DiffusionConfig:
     sampler: str = "dpmpp-2m"          # scheduler saved with the exported pipeline
     sample_steps: int = 20             # sample grids during training
     guidance_scale: float = 2.0        # sample grids during training
+    eval_num_samples: int = 0          # >0: every sample_every steps also FID/KID/accuracy on n images
+    eval_metrics: str = "fid,kid,accuracy"   # see diffusion.evaluation.METRICS
+    eval_feature_network: str = "classifier" # features for FID/KID (the shipped classifier's)
 
 
 @dataclass(frozen=True)

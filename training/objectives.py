@@ -137,10 +137,28 @@ class DiffusionObjective(Objective):
                                   num_inference_steps=d.sample_steps, guidance_scale=d.guidance_scale,
                                   generator=[torch.Generator().manual_seed(s) for s in seeds],
                                   output_type="pt")
+        scalars = self.evaluate_metrics(unet) if d.eval_num_samples > 0 else {}
         unet.train(was_training)
         from torchvision.utils import make_grid
 
-        return {}, make_grid(out.images, nrow=n, padding=1)
+        return scalars, make_grid(out.images, nrow=n, padding=1)
+
+    def evaluate_metrics(self, unet) -> dict:
+        """Cheap periodic evaluation: ``eval_metrics`` on ``eval_num_samples`` images (seed 0,
+        the training sampler / steps / guidance) against ``data.eval_split``. Keys carry n, e.g.
+        ``fid_n500``: FID at small n is biased upward, so only compare values at equal n."""
+        from diffusion.evaluation import evaluate
+
+        d, data = self.cfg.diffusion, self.cfg.data
+        n = d.eval_num_samples
+        result = evaluate(self.pipeline(unet), dataset=data.name, dataset_root=data.root,
+                          metrics=d.eval_metrics, num_samples=n, batch_size=min(n, 250),
+                          sampler=d.sampler, num_inference_steps=d.sample_steps,
+                          guidance_scale=d.guidance_scale, seed=0,
+                          feature_network=d.eval_feature_network, reference_split=data.eval_split,
+                          cache_samples=False, progress=False)
+        return {f"{m}_n{n}": result[m] for m in ("fid", "kid", "precision", "recall",
+                                                  "inception_score", "accuracy") if m in result}
 
     def export(self, modules, out_dir):
         self.pipeline(modules["model"]).save_pretrained(out_dir, safe_serialization=True)

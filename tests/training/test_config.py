@@ -9,7 +9,7 @@ import pytest
 
 from training.config import (ExperimentConfig, ModelConfig, TrainConfig, load_config, to_flat_dict,
                              to_yaml)
-from tests.training.training_helpers import REPO
+from training_helpers import REPO
 
 CONFIG_FILES = sorted((REPO / "training" / "configs").glob("*.yaml"))
 

@@ -9,7 +9,7 @@ import torch
 from training import data
 from training.data import (DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, TensorImageDataset,
                            fashion_mnist, image_folder, images_to_tensor, load_dataset)
-from tests.training.training_helpers import synthetic_images, write_idx
+from training_helpers import synthetic_images, write_idx
 
 
 @pytest.fixture

@@ -100,3 +100,23 @@ def test_condition_dropout_rate_is_close_to_p():
     obj.loss("model", obj.modules, (torch.zeros(4000, 1, 28, 28), labels), torch.Generator().manual_seed(0))
     rate = (obj.modules["model"].labels[0] == 10).float().mean().item()
     assert 0.08 < rate < 0.12
+
+
+def test_periodic_evaluation_reports_metrics_with_n_in_their_names(tmp_path, monkeypatch):
+    """``diffusion.eval_num_samples`` adds FID/KID/accuracy on that many samples to the grid,
+    against the data's eval split (here a synthetic 64-image Fashion-MNIST-like test split)."""
+    from training_helpers import make_fashion_root
+
+    monkeypatch.setenv("DIFFUSION_CENTRIC_CACHE", str(tmp_path / "cache"))
+    root = make_fashion_root(tmp_path / "data", n_train=32, n_test=64)
+    cfg = load_config(None, [*TINY, f"data.root={root}", "diffusion.eval_num_samples=20",
+                             "diffusion.sample_steps=2", "diffusion.sampler=ddim"])
+    obj = DiffusionObjective(cfg, num_classes=10)
+    with torch.no_grad():
+        scalars, grid = obj.evaluate(obj.modules, torch.Generator().manual_seed(0))
+    assert sorted(scalars) == ["accuracy_n20", "fid_n20", "kid_n20"]
+    assert scalars["fid_n20"] > 0 and 0 <= scalars["accuracy_n20"] <= 1
+    assert grid.shape[0] == 3  # the sample grid is still made
+    refs = [p.name for p in (tmp_path / "cache" / "reference").iterdir()]
+    assert len(refs) == 1 and "-test-nall-" in refs[0]
+    assert not (tmp_path / "cache" / "samples").exists()  # training samples are not cached

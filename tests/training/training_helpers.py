@@ -1,5 +1,6 @@
-"""Helpers shared by the tests in ``tests/training/`` (``from tests.training.training_helpers
-import ...``; the repo root is on ``sys.path`` under pytest). Not a test module."""
+"""Helpers shared by the tests in ``tests/training/`` (``from training_helpers import ...``: pytest
+puts this folder on ``sys.path``; not ``tests.training...``, because torch-fidelity installs a
+top-level ``tests`` package that would shadow ours). Not a test module."""
 
 from __future__ import annotations
 

@@ -1,0 +1,201 @@
+"""``evaluate``, ``sweep`` and their commands, end to end.
+
+The strongest check replays real test images through ``RealImagesPipeline``: then FID against the
+same images is ~0, precision and recall are 1, and the conditional accuracy equals the shipped
+classifier's accuracy on those images computed directly.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import forward_spy, make_pipe
+from diffusion.evaluation import evaluate
+from diffusion.evaluation.features import ClassifierFeatures, FeatureNetwork
+from diffusion.evaluation.real import RealImagesPipeline
+from diffusion.evaluation.sweep import plot_sweep, read_csv, sweep, sweep_plan, write_csv
+from training.data import TensorImageDataset, fashion_mnist
+
+PER_CLASS = 30
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return fashion_mnist("test")
+
+
+@pytest.fixture(scope="module")
+def replay(test_split):
+    idx = torch.cat([torch.nonzero(test_split.labels == c)[:PER_CLASS, 0] for c in range(10)])
+    real = TensorImageDataset(test_split.images[idx], test_split.labels[idx], test_split.class_names)
+    return RealImagesPipeline(real), real
+
+
+def test_replayed_real_images_score_as_the_real_set(replay, tmp_path):
+    pipe, real = replay
+    r = evaluate(pipe, real, num_samples=10 * PER_CLASS, batch_size=64, cache_dir=tmp_path,
+                 progress=False)
+    # Unbiased KID of a set against itself is slightly negative: the cross term keeps the
+    # diagonal k(x, x) that the within-set terms leave out.
+    assert r["fid"] < 1e-3 and -0.05 < r["kid"] <= 0
+    assert r["precision"] == 1.0 and r["recall"] == 1.0
+    clf = ClassifierFeatures()
+    direct = (clf.logits((real.images + 1) / 2).argmax(1) == real.labels).double().mean().item()
+    assert r["accuracy"] == pytest.approx(direct, abs=1e-12) and r["accuracy"] > 0.8
+    assert r["n"] == r["reference_n"] == 10 * PER_CLASS and r["nfe"] == 0
+    assert r["feature_network"] == clf.name and "penultimate" in r["feature_description"]
+    assert 1.0 <= r["inception_score"] <= 10.0
+    assert len(r["per_class_accuracy"]) == 10 and r["hardware"].startswith("cpu")
+
+
+def test_scores_separate_a_wrong_class_assignment(replay, tmp_path):
+    """Labels shifted by one: same images (FID ~0) but conditional accuracy collapses."""
+    pipe, real = replay
+
+    class Shifted(RealImagesPipeline):
+        def __call__(self, class_labels, generator, **kwargs):
+            return super().__call__([(c + 1) % 10 for c in class_labels], generator=generator,
+                                    **kwargs)
+
+    r = evaluate(Shifted(real), real, metrics="fid,accuracy", num_samples=10 * PER_CLASS,
+                 cache_dir=None, progress=False)
+    assert r["fid"] < 1e-3 and r["accuracy"] < 0.1
+
+
+def test_reference_features_are_cached_by_dataset_split_network_and_n(replay, tmp_path, monkeypatch):
+    pipe, real = replay
+    import diffusion.evaluation.features as features
+
+    calls = []
+    original = features.extract_features
+    monkeypatch.setattr(features, "extract_features",
+                        lambda net, images, **kw: calls.append(len(images)) or original(net, images, **kw))
+    kw = dict(metrics="fid", num_samples=20, cache_dir=tmp_path, progress=False)
+    first = evaluate(pipe, "fashion-mnist", reference_num_samples=100, **kw)
+    second = evaluate(pipe, "fashion-mnist", reference_num_samples=100, **kw)
+    assert first["fid"] == second["fid"] and first["reference_n"] == 100
+    assert calls.count(100) == 1  # the real images' features were computed once
+    names = [p.name for p in (tmp_path / "reference").iterdir()]
+    assert len(names) == 1 and names[0].startswith("fashion-mnist-test-n100-seed0-fashion-mnist-classifier@")
+    evaluate(pipe, "fashion-mnist", reference_num_samples=120, **kw)
+    assert len(list((tmp_path / "reference").iterdir())) == 2
+
+
+class PixelFeatures(FeatureNetwork):
+    """The pixels themselves as features (64-d for 8x8 grayscale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.name, self.num_features, self.description = "pixels", 64, "8x8 pixels"
+        self.in_channels, self.image_size = (1,), (8, 8)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self._freeze()
+
+    def _features(self, x):
+        return x.flatten(1)
+
+
+def test_any_pipeline_with_a_custom_feature_network(tmp_path):
+    pipe = make_pipe()
+    real = TensorImageDataset(torch.rand(40, 1, 8, 8) * 2 - 1, torch.arange(40) % 3, ["a", "b", "c"])
+    with forward_spy(pipe.unet) as calls:
+        r = evaluate(pipe, real, metrics=["fid", "kid", "precision", "recall"], num_samples=12,
+                     batch_size=5, sampler="heun", num_inference_steps=3, guidance_scale=2.0,
+                     feature_network=PixelFeatures(), cache_dir=tmp_path, progress=False)
+    assert r["nfe"] == 5 and len(calls) == 3 * 5  # heun: 2 * 3 - 1 calls for each of 3 batches
+    assert r["fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    assert r["kid_subset_size"] == 12 and r["generated"] == 12
+    assert r["sampler"] == "heun" and r["num_inference_steps"] == 3 and r["seed"] == 0
+    again = evaluate(pipe, real, metrics=["fid"], num_samples=12, sampler="heun",
+                     num_inference_steps=3, guidance_scale=2.0, feature_network=PixelFeatures(),
+                     cache_dir=tmp_path, progress=False)
+    assert again["generated"] == 0 and again["fid"] == pytest.approx(r["fid"], abs=1e-9)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(metrics="fid,sharpness"), ValueError, "unknown metrics"),
+    (dict(metrics=[]), ValueError, "unknown metrics"),
+    (dict(num_samples=1), ValueError, "num_samples"),
+    (dict(feature_network="inception"), FileNotFoundError, "inception"),
+])
+def test_bad_arguments_raise_before_generation(kwargs, error, match):
+    pipe = make_pipe()
+    with forward_spy(pipe.unet) as calls, pytest.raises(error, match=match):
+        evaluate(pipe, **{"num_samples": 4, **kwargs}, cache_dir=None, progress=False)
+    assert calls == []
+
+
+def test_accuracy_needs_a_class_conditional_pipeline():
+    from conftest import seeded_unet
+
+    pipe = make_pipe(seeded_unet(num_classes=None))
+    with pytest.raises(ValueError, match="class-conditional"):
+        evaluate(pipe, metrics="accuracy", num_samples=4, cache_dir=None, progress=False)
+
+
+def test_sweep_plan_picks_steps_within_each_nfe_budget():
+    pipe = make_pipe()
+    plan = sweep_plan(pipe, ["ddim", "heun"], nfe=[5, 10])
+    assert plan == [("ddim", 5), ("ddim", 10), ("heun", 3), ("heun", 5)]
+    assert sweep_plan(pipe, ["euler"], steps=[2, 2, 4]) == [("euler", 2), ("euler", 4)]
+    with pytest.raises(ValueError, match="exactly one"):
+        sweep_plan(pipe, ["ddim"], steps=[2], nfe=[2])
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sweep_plan(pipe, ["nope"], steps=[2])
+
+
+def test_sweep_rows_csv_round_trip_and_plots(tmp_path):
+    pipe = make_pipe()
+    real = TensorImageDataset(torch.rand(30, 1, 8, 8) * 2 - 1, torch.arange(30) % 3, ["a", "b", "c"])
+    rows = sweep(pipe, ["ddim", "euler"], nfe=[1, 2], reference=("ddpm", 4), dataset=real,
+                 metrics="fid,kid", num_samples=6, feature_network=PixelFeatures(),
+                 cache_dir=tmp_path, progress=False)
+    assert [(r["sampler"], r["nfe"], r["reference"]) for r in rows] == [
+        ("ddim", 1, False), ("ddim", 2, False), ("euler", 1, False), ("euler", 2, False),
+        ("ddpm", 4, True)]
+    back = read_csv(write_csv(rows, tmp_path / "s.csv"))
+    assert [r["fid"] for r in back] == pytest.approx([r["fid"] for r in rows])
+    assert back[0]["sampler"] == "ddim" and back[-1]["reference"] is True
+    paths = plot_sweep(back, tmp_path / "plots")
+    assert [p.name for p in paths] == ["fid_vs_nfe.png", "fid_vs_seconds.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_evaluate_and_sweep_commands(tmp_path, capsys):
+    from diffusion.__main__ import main
+
+    common = ["--num-samples", "20", "--batch-size", "20", "--reference-num-samples", "100",
+              "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(["evaluate", "--steps", "2", "--out", str(tmp_path / "e.json"), *common]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    printed = capsys.readouterr().out
+    assert result["n"] == 20 and result["nfe"] == 2 and result["reference_n"] == 100
+    assert f"{result['fid']:.3f}" in printed and "feature_network" in printed
+    assert main(["sweep", "--samplers", "ddim,euler", "--nfe", "1,2", "--metrics", "fid",
+                 "--out", str(tmp_path / "sw"), *common]) == 0
+    rows = read_csv(tmp_path / "sw" / "sweep.csv")
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("ddim", 1), ("ddim", 2), ("euler", 1),
+                                                       ("euler", 2)]
+    assert (tmp_path / "sw" / "fid_vs_nfe.png").is_file()
+    with pytest.raises(SystemExit, match="inception-weights"):
+        main(["evaluate", "--features", "inception", *common])
+    with pytest.raises(SystemExit, match="unknown metrics"):
+        main(["evaluate", "--metrics", "fid,nope", *common])
+
+
+def test_real_images_pipeline_serves_each_class_in_a_seeded_order(test_split):
+    pipe = RealImagesPipeline(test_split, seed=3)
+    out = pipe(class_labels=[4, 4, 7], generator=[torch.Generator().manual_seed(s) for s in (4, 14, 7)])
+    assert out.nfe == 0 and out.images.shape == (3, 1, 28, 28)
+    assert 0 <= out.images.min() and out.images.max() <= 1
+    first = torch.stack([pipe.by_class[4][0], pipe.by_class[4][1], pipe.by_class[7][0]])
+    assert torch.equal(out.images, (pipe.images[first] + 1) / 2)
+    assert (pipe.labels[first] == torch.tensor([4, 4, 7])).all()
+    other = RealImagesPipeline(test_split, seed=4)
+    assert other.components != pipe.components
+    with pytest.raises(IndexError, match="class 4 has 1000"):
+        pipe(class_labels=[4], generator=[torch.Generator().manual_seed(10 * 1000 + 4)])
