@@ -13,6 +13,12 @@ Example::
     >>> cfg = load_config("training/configs/fashion_mnist_quick.yaml",
     ...                   ["train.max_steps=20", "train.output_dir=/tmp/run"])  # doctest: +SKIP
     >>> final_dir = train(cfg)                                                  # doctest: +SKIP
+
+An in-memory :class:`training.data.TensorImageDataset` replaces ``cfg.data``'s training split::
+
+    >>> from training.data import TensorImageDataset
+    >>> ds = TensorImageDataset(images, labels, class_names)                    # doctest: +SKIP
+    >>> final_dir = train(cfg, dataset=ds)                                      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from training.config import ExperimentConfig, to_flat_dict, to_yaml
-from training.data import load_dataset
+from training.data import TensorImageDataset, load_dataset
 from training.objectives import build_objective
 
 logger = logging.getLogger(__name__)
@@ -159,9 +165,31 @@ def _batches(loader, sampler: EpochSampler, state: TrainState, accelerator) -> I
 
 
 class Trainer:
-    """Builds everything from a config; :meth:`run` trains to ``train.max_steps``."""
+    """Builds everything from a config; :meth:`run` trains to ``train.max_steps``.
 
-    def __init__(self, cfg: ExperimentConfig, accelerator: Optional[Accelerator] = None):
+    Args:
+        cfg: the experiment config.
+        accelerator: an ``Accelerator`` to use (default: one built from ``cfg.train``).
+        dataset: optional in-memory :class:`training.data.TensorImageDataset` (float
+            ``(N, C, H, W)`` in [-1, 1], int64 labels, ``class_names``) trained on instead of the
+            dataset named by ``cfg.data``. ``data.subset`` still applies to it (a random subset
+            seeded by ``train.seed``); ``data.channels`` and ``data.image_size`` must describe
+            its images, since the model is built from them. Objectives that evaluate still read
+            ``cfg.data`` (the classifier's ``data.eval_split``).
+
+    Raises:
+        ValueError: ``dataset``'s images are not ``(N, data.channels, data.image_size,
+            data.image_size)``, or the dataset is smaller than one batch per process.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, accelerator: Optional[Accelerator] = None,
+                 dataset: Optional[TensorImageDataset] = None):
+        d = cfg.data
+        image_shape = (d.channels, d.image_size, d.image_size)
+        if dataset is not None and tuple(dataset.images.shape[1:]) != image_shape:
+            raise ValueError(f"dataset images are {tuple(dataset.images.shape)}; data.channels="
+                             f"{d.channels} and data.image_size={d.image_size} need "
+                             f"(N, {d.channels}, {d.image_size}, {d.image_size})")
         self.cfg = t = cfg.train
         self.full_cfg = cfg
         self.output_dir = Path(t.output_dir)
@@ -172,9 +200,13 @@ class Trainer:
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes))
         set_seed(t.seed)  # identical initial weights on every process
 
-        d = cfg.data
-        self.dataset = load_dataset(d.name, split=d.split, root=d.root, image_size=d.image_size,
-                                    channels=d.channels, subset=d.subset, seed=t.seed)
+        if dataset is None:
+            self.dataset = load_dataset(d.name, split=d.split, root=d.root, image_size=d.image_size,
+                                        channels=d.channels, subset=d.subset, seed=t.seed)
+            self.dataset_description = f"{d.name}/{d.split} ({len(self.dataset)} images)"
+        else:
+            self.dataset = dataset.subset(d.subset, seed=t.seed) if d.subset else dataset
+            self.dataset_description = f"in-memory ({len(self.dataset)} images)"
         self.objective = build_objective(cfg, self.dataset.num_classes, self.dataset.class_names)
         self.sampler = EpochSampler(len(self.dataset), t.seed)
         loader = DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
@@ -364,7 +396,7 @@ class Trainer:
             "num_processes": self.accelerator.num_processes,
             "mixed_precision": self.cfg.mixed_precision,
             "parameters": sum(p.numel() for m in self.modules.values() for p in m.parameters()),
-            "dataset": f"{self.full_cfg.data.name}/{self.full_cfg.data.split} ({len(self.dataset)} images)",
+            "dataset": self.dataset_description,
             "command": _command_line(),
             "versions": {"torch": torch.__version__, "diffusers": _version("diffusers"),
                          "accelerate": _version("accelerate")},
@@ -393,6 +425,10 @@ def _version(name: str) -> str:
     return version(name)
 
 
-def train(cfg: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Path:
-    """Train from ``cfg`` and return the folder of the exported model (``<output_dir>/final``)."""
-    return Trainer(cfg, accelerator).run()
+def train(cfg: ExperimentConfig, accelerator: Optional[Accelerator] = None,
+          dataset: Optional[TensorImageDataset] = None) -> Path:
+    """Train from ``cfg`` and return the folder of the exported model (``<output_dir>/final``).
+
+    ``dataset``: an in-memory dataset to train on instead of ``cfg.data``'s (see :class:`Trainer`).
+    """
+    return Trainer(cfg, accelerator, dataset).run()
