@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
-from diffusion.evaluation.sampling import iter_sample_shards, peak_memory_bytes, sample_settings
+from diffusion.evaluation.sampling import (hardware_description, iter_sample_shards,
+                                           peak_memory_bytes, sample_settings)
 
 #: Every metric :func:`evaluate` knows. ``is`` is the Inception-Score-style score computed from the
 #: evaluation classifier's probabilities (not Inception-v3's).
@@ -40,14 +40,6 @@ _CLASSIFIER_METRICS = {"is", "accuracy"}
 def default_cache_dir() -> Path:
     """``$DIFFUSION_CENTRIC_CACHE`` or ``~/.cache/diffusion-centric``."""
     return Path(os.environ.get("DIFFUSION_CENTRIC_CACHE", "~/.cache/diffusion-centric")).expanduser()
-
-
-def hardware_description(device: Optional[torch.device] = None) -> str:
-    """E.g. ``"cpu: 2 cores (x86_64), torch threads 2"`` or ``"cuda: NVIDIA H200"``."""
-    if device is not None and torch.device(device).type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return (f"cpu: {os.cpu_count()} cores ({platform.machine()}), "
-            f"torch threads {torch.get_num_threads()}")
 
 
 def _dataset_tag(dataset) -> str:
@@ -196,8 +188,9 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         A flat dict: the metric values (see :func:`compute_metrics`) and ``n``,
         ``reference_dataset``, ``reference_split``, ``reference_n``, ``feature_network``,
         ``feature_description``, ``nfe``, ``seconds_per_image`` (generation), ``images_per_second``,
-        ``eval_seconds`` (whole call), ``generated`` (images made in this call, the rest read from
-        the sample cache), ``peak_memory_bytes``, ``sampler``, ``num_inference_steps``,
+        ``eval_seconds`` (whole call), ``hardware`` (where the images were generated, from the
+        shards), ``eval_hardware`` (this process), ``generated`` (images made in this call, the
+        rest read from the sample cache), ``peak_memory_bytes``, ``sampler``, ``num_inference_steps``,
         ``guidance_scale``, ``seed``, ``batch_size``, ``autocast_dtype``, ``hardware``, versions.
 
     Raises:
@@ -240,7 +233,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
             call_kwargs[name] = value
     sample_cache = None if cache_dir is None or not cache_samples else Path(cache_dir) / "samples"
     fake, logits, labels = [], [], []
-    seconds, nfe, generated = 0.0, 0, 0
+    seconds, nfe, generated, hardware = 0.0, 0, 0, {}
     for shard in iter_sample_shards(pipeline, num_samples, call_kwargs=call_kwargs, seed=seed,
                                     batch_size=batch_size, shard_size=shard_size,
                                     cache_dir=sample_cache, autocast_dtype=autocast_dtype,
@@ -255,6 +248,8 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         seconds += float(shard["seconds"])
         nfe = int(shard["nfe"])
         generated += 0 if shard["cached"] else len(images)
+        where = str(shard["hardware"]) if "hardware" in shard else "not recorded"
+        hardware[where] = hardware.get(where, 0) + len(images)
 
     result = compute_metrics(torch.cat(fake) if fake else None, real,
                              torch.cat(logits) if logits else None,
@@ -278,7 +273,10 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         guidance_scale=call_kwargs.get("guidance_scale"),
         seed=seed, batch_size=batch_size,
         autocast_dtype=str(autocast_dtype) if autocast_dtype else None,
-        device=str(device), hardware=hardware_description(device),
+        device=str(device),
+        hardware="; ".join(h if len(hardware) == 1 else f"{h} ({n} images)"
+                           for h, n in hardware.items()),
+        eval_hardware=hardware_description(device),
         versions=f"torch {torch.__version__}, diffusers {diffusers.__version__}",
         sample_settings_fingerprint=sample_settings(pipeline, call_kwargs, seed, shard_size,
                                                     autocast_dtype)["fingerprint"][:16],

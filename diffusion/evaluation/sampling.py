@@ -81,6 +81,16 @@ def peak_memory_bytes(device: Optional[torch.device] = None) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def hardware_description(device: Optional[torch.device] = None) -> str:
+    """E.g. ``"cpu: 2 cores (x86_64), torch threads 2"`` or ``"cuda: NVIDIA H200"``."""
+    import platform
+
+    if device is not None and torch.device(device).type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return (f"cpu: {os.cpu_count()} cores ({platform.machine()}), "
+            f"torch threads {torch.get_num_threads()}")
+
+
 def pipeline_fingerprint(pipe) -> str:
     """sha256 (hex) over the pipeline class, every torch component's state dict (names, dtypes,
     shapes, bytes) and every component's config; two pipelines with equal fingerprints generate
@@ -166,7 +176,8 @@ def _generate_shard(pipe, lo: int, hi: int, k: Optional[int], seed: int, batch_s
     seconds = time.perf_counter() - start
     x = torch.cat(images).numpy()
     labels = (np.arange(lo, hi) % k).astype(np.int64) if k is not None else np.zeros(0, np.int64)
-    return {"images": x, "labels": labels, "seconds": np.float64(seconds), "nfe": np.int64(nfe)}
+    return {"images": x, "labels": labels, "seconds": np.float64(seconds), "nfe": np.int64(nfe),
+            "hardware": np.array(hardware_description(pipe.device))}
 
 
 def iter_sample_shards(pipe, num_samples: int, *, call_kwargs: Optional[Mapping[str, Any]] = None,
@@ -174,7 +185,9 @@ def iter_sample_shards(pipe, num_samples: int, *, call_kwargs: Optional[Mapping[
                        cache_dir: Optional[str] = None, autocast_dtype: Optional[torch.dtype] = None,
                        accelerator=None, progress: bool = True) -> Iterator[dict]:
     """Yield the shards of a run in order: dicts with ``images`` (uint8 ``(S, C, H, W)`` numpy),
-    ``labels``, ``seconds``, ``nfe`` and ``cached`` (bool). Memory holds one shard at a time.
+    ``labels``, ``seconds``, ``nfe``, ``hardware`` (where the shard was generated; missing in
+    shards cached before it was recorded) and ``cached`` (bool). Memory holds one shard at a
+    time.
 
     Args:
         pipe: any pipeline with the shared call signature (``class_labels`` or
