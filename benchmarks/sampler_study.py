@@ -23,30 +23,19 @@ import torch
 
 from diffusion import DiffusionImagePipeline, default_model_path
 from diffusion.evaluation.sampling import generate_samples
-from samplers import build_sampler, list_samplers
+from samplers import list_samplers, steps_for_nfe
 
 STUDY_SAMPLERS = ["ddim", "dpmpp-2m", "unipc", "euler", "heun"]
-
-
-def steps_for(name: str, scheduler, nfe: int) -> int:
-    """Largest step count whose NFE (= len(timesteps)) is <= nfe."""
-    best = 1
-    for n in range(1, nfe + 1):
-        s = build_sampler(name, scheduler)
-        s.set_timesteps(n)
-        if len(s.timesteps) <= nfe:
-            best = n
-    return best
 
 
 def study_configs(scheduler, default_n: int = 10_000, n: int = 2_000):
     yield "dpmpp-2m", 20, default_n
     late = ["deis", "lms", "pndm"]
     for name in [s for s in list_samplers() if s not in late and s != "dpmpp-2m"] + late:
-        yield name, steps_for(name, scheduler, 20), n
+        yield name, steps_for_nfe(name, scheduler, 20), n
     for nfe in (10, 5, 50):
         for name in STUDY_SAMPLERS:
-            yield name, steps_for(name, scheduler, nfe), n
+            yield name, steps_for_nfe(name, scheduler, nfe), n
     yield "ddpm", 250, n
 
 

@@ -2,13 +2,18 @@
 
 from samplers.diffusion import (
     DEFAULT_SAMPLER,
+    PREDICTION_TYPES,
     SamplerSpec,
     build_sampler,
+    check_prediction_type,
     list_samplers,
+    nfe_for_steps,
     register_sampler,
     sampler_spec,
+    steps_for_nfe,
     training_schedule,
 )
 
-__all__ = ["DEFAULT_SAMPLER", "SamplerSpec", "build_sampler", "list_samplers", "register_sampler",
-           "sampler_spec", "training_schedule"]
+__all__ = ["DEFAULT_SAMPLER", "PREDICTION_TYPES", "SamplerSpec", "build_sampler",
+           "check_prediction_type", "list_samplers", "nfe_for_steps", "register_sampler",
+           "sampler_spec", "steps_for_nfe", "training_schedule"]

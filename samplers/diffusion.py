@@ -15,12 +15,18 @@ Example::
     True
     >>> s = build_sampler("dpmpp-2m", train); s.set_timesteps(20); len(s.timesteps)
     20
+    >>> nfe_for_steps("heun", train, 10), steps_for_nfe("heun", train, 20)
+    (19, 10)
+
+Given a perfect denoiser, every sampler here ends on the clean sample (to 1e-4) for every step
+count tested (1..50) and every prediction type it accepts (``tests/samplers/test_oracle.py``);
+DEIS ends one training step short of it (``SamplerSpec.final_sigmas_type``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from diffusers import (
@@ -37,13 +43,18 @@ from diffusers import (
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 #: Keys of a scheduler config that describe the *training* noise schedule.
 TRAINING_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                           "trained_betas", "prediction_type")
 
 DEFAULT_SAMPLER = "dpmpp-2m"
+
+#: What a network may predict (``prediction_type`` of the training schedule).
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass(frozen=True)
@@ -54,16 +65,164 @@ class SamplerSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     stochastic: bool = False   # draws fresh noise at each step (needs a generator for seeding)
     source: str = ""            # paper the update rule comes from
+    # Network outputs the update rule accepts; build_sampler raises ValueError for the others.
+    prediction_types: tuple[str, ...] = PREDICTION_TYPES
+    # Noise level the last step lands on: "zero" (the clean sample x0) or "sigma_min" (the t = 0
+    # training noise level, sigma = sqrt(1 - abar_0) / sqrt(abar_0), ~0.01 on the linear schedule).
+    final_sigmas_type: str = "zero"
+
+
+def _next_timestep(timesteps: torch.Tensor, timestep) -> int:
+    """The entry after ``timestep`` in the descending schedule ``timesteps`` (repeats count once);
+    -1 after the last, where DDIM and PNDM use ``final_alpha_cumprod``."""
+    later = timesteps[timesteps < timestep]
+    return int(later[0]) if len(later) else -1
+
+
+def _x0_and_epsilon(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t,
+                    prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x0_pred, eps_pred)`` from a network output at ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps``
+    (Ho et al. 2020, eq. 4; v = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho 2022);
+    the same expressions as diffusers' ``DDIMScheduler.step``."""
+    beta_prod_t = 1 - alpha_prod_t
+    if prediction_type == "epsilon":
+        return (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5, model_output
+    if prediction_type == "sample":
+        return model_output, (sample - alpha_prod_t ** 0.5 * model_output) / beta_prod_t ** 0.5
+    if prediction_type == "v_prediction":
+        return (alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output,
+                alpha_prod_t ** 0.5 * model_output + beta_prod_t ** 0.5 * sample)
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+class ScheduledDDIMScheduler(DDIMScheduler):
+    """DDIM (Song et al. 2021, eq. 12; eq. 16 for ``eta``) stepping to the next scheduled timestep.
+
+    Why not diffusers' ``DDIMScheduler`` as is: its ``step`` (0.42) goes from ``t`` to
+    ``t - T // n``, the stride of "leading" spacing. On the "trailing" schedule used here that is
+    one timestep off whenever ``n`` does not divide ``T``, and where ``T / n`` rounds up (18 of
+    n = 1..50, e.g. 6, 7, 13) the last step lands on ``t = 0`` instead of the clean sample, leaving
+    noise of std ``sqrt(1 - abar_0)`` (0.01 on the linear schedule) in every image (diffusers
+    issues #9261, #12633). Here ``prev_t`` is the next entry of ``self.timesteps``, as in diffusers'
+    ``DDPMScheduler.previous_timestep`` since PR #9384; where the stride is exact (``T % n == 0``,
+    or "leading" spacing) the result is bit-identical to the parent's. The rest of ``step``
+    (``eta``, clipping, thresholding, ``variance_noise``) mirrors the parent line by line.
+    """
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,
+             variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
+        """``x_{t_prev}`` from the network output at ``(x_t, t)``; arguments as the parent's."""
+        if self.num_inference_steps is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps before step")
+        prev_t = _next_timestep(self.timesteps, timestep)
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        x0_pred, eps_pred = _x0_and_epsilon(model_output, sample, alpha_prod_t,
+                                            self.config.prediction_type)
+        if self.config.thresholding:
+            x0_pred = self._threshold_sample(x0_pred)
+        elif self.config.clip_sample:
+            x0_pred = x0_pred.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        std_dev_t = eta * self._get_variance(timestep, prev_t) ** 0.5   # sigma_t(eta), eq. 16
+        if use_clipped_model_output:
+            eps_pred = (sample - alpha_prod_t ** 0.5 * x0_pred) / (1 - alpha_prod_t) ** 0.5
+        # eq. 12: sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma_t^2) eps + sigma_t z
+        prev_sample = (alpha_prod_t_prev ** 0.5 * x0_pred
+                       + (1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5 * eps_pred)
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError("pass either generator or variance_noise, not both")
+            if variance_noise is None:
+                variance_noise = randn_tensor(model_output.shape, generator=generator,
+                                              device=model_output.device, dtype=model_output.dtype)
+            prev_sample = prev_sample + std_dev_t * variance_noise
+        if not return_dict:
+            return prev_sample, x0_pred
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_pred)
+
+
+class ScheduledPNDMScheduler(PNDMScheduler):
+    """PLMS (Liu et al. 2022, pseudo linear multi-step on epsilon) along its own timestep schedule.
+
+    Why not diffusers' ``PNDMScheduler`` as is (0.42, ``skip_prk_steps=True``):
+
+    1. like DDIM, ``step_plms`` steps from ``t`` to ``t - T // n``: on the "trailing" schedule it
+       is exact only when ``n`` divides ``T``; otherwise the sample lands one timestep away from
+       where the next network call is made, and the last step can end on ``t = 0``;
+    2. it extrapolates the *raw* network outputs and converts the result to epsilon only at the
+       current ``(x_t, t)``. For v- or x0-prediction that is not PLMS (whose multistep formula is
+       for epsilon, constant along an exact probability-flow path) and degrades it to first order;
+       for ``"sample"`` diffusers raises.
+
+    Here every output is converted to epsilon where it was evaluated, and ``t_prev`` is the next
+    entry of the schedule; for epsilon-prediction with ``T % n == 0`` the result is bit-identical
+    to the parent's.
+    The PRK warm-up (``skip_prk_steps=False``) is left to the parent.
+    """
+
+    def step_plms(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+                  return_dict: bool = True):
+        """One PLMS step; the first step's second call re-does it with the mean of two slopes."""
+        if not self.config.skip_prk_steps:
+            return super().step_plms(model_output, timestep, sample, return_dict)
+        if self.num_inference_steps is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps before step")
+        _, eps = _x0_and_epsilon(model_output, sample, self.alphas_cumprod[timestep],
+                                 self.config.prediction_type)
+        prev_t = _next_timestep(self.timesteps, timestep)
+        if self.counter != 1:
+            self.ets = self.ets[-3:]
+            self.ets.append(eps)
+        else:  # x_{t1} was predicted from t0 with one slope: redo t0 -> t1 with the mean slope
+            prev_t, timestep = int(timestep), int(self.timesteps[self.timesteps > timestep][-1])
+
+        if len(self.ets) == 1 and self.counter == 0:
+            eps_prime = eps
+            self.cur_sample = sample
+        elif len(self.ets) == 1 and self.counter == 1:
+            eps_prime = (eps + self.ets[-1]) / 2
+            sample, self.cur_sample = self.cur_sample, None
+        elif len(self.ets) == 2:
+            eps_prime = (3 * self.ets[-1] - self.ets[-2]) / 2
+        elif len(self.ets) == 3:
+            eps_prime = (23 * self.ets[-1] - 16 * self.ets[-2] + 5 * self.ets[-3]) / 12
+        else:
+            eps_prime = (1 / 24) * (55 * self.ets[-1] - 59 * self.ets[-2] + 37 * self.ets[-3]
+                                    - 9 * self.ets[-4])
+        prev_sample = self._transfer(sample, timestep, prev_t, eps_prime)
+        self.counter += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
+    def _transfer(self, sample: torch.Tensor, timestep, prev_timestep: int,
+                  eps: torch.Tensor) -> torch.Tensor:
+        """The transfer part phi of Liu et al. 2022 (a DDIM step written as in diffusers'
+        ``PNDMScheduler._get_prev_sample``), with ``eps`` already epsilon."""
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = (self.alphas_cumprod[prev_timestep] if prev_timestep >= 0
+                             else self.final_alpha_cumprod)
+        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+        sample_coeff = (alpha_prod_t_prev / alpha_prod_t) ** 0.5
+        eps_denom = (alpha_prod_t * beta_prod_t_prev ** 0.5
+                     + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** 0.5)
+        return sample_coeff * sample - (alpha_prod_t_prev - alpha_prod_t) * eps / eps_denom
 
 
 _REGISTRY: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(DDPMScheduler, {"clip_sample": True}, True, "Ho et al. 2020, Alg. 2"),
     # No x0 clipping for DDIM: diffusers clips x0 but keeps the unclipped epsilon in eq. 12, and
     # the inconsistent pair drops the shipped model's conditional accuracy from 0.95 to 0.56.
-    "ddim": SamplerSpec(DDIMScheduler, {"clip_sample": False}, False, "Song et al. 2021, eq. 12"),
+    # ScheduledDDIMScheduler: diffusers' DDIM steps by T // n, which misses the trailing schedule.
+    "ddim": SamplerSpec(ScheduledDDIMScheduler, {"clip_sample": False}, False,
+                        "Song et al. 2021, eq. 12"),
     "dpmpp-2m": SamplerSpec(DPMSolverMultistepScheduler,
                             {"algorithm_type": "dpmsolver++", "solver_order": 2}, False,
                             "Lu et al. 2022 (DPM-Solver++), Alg. 2"),
+    # Karras sigmas are rounded to training timesteps for the network: near sigma_min the ramp
+    # is denser than that grid, so for many steps (n >= 79 on the linear schedule) consecutive
+    # steps share a timestep; the sigmas the solver steps with stay strictly decreasing.
     "dpmpp-2m-karras": SamplerSpec(DPMSolverMultistepScheduler,
                                    {"algorithm_type": "dpmsolver++", "solver_order": 2,
                                     "use_karras_sigmas": True}, False,
@@ -72,19 +231,26 @@ _REGISTRY: dict[str, SamplerSpec] = {
                              {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, True,
                              "Lu et al. 2022 (SDE-DPM-Solver++(2M))"),
     "euler": SamplerSpec(EulerDiscreteScheduler, {}, False, "Karras et al. 2022, Alg. 1 (Euler)"),
+    # The k-diffusion ports raise NotImplementedError for x0-prediction ("sample") in step().
     "euler-a": SamplerSpec(EulerAncestralDiscreteScheduler, {}, True,
-                           "k-diffusion sample_euler_ancestral"),
+                           "k-diffusion sample_euler_ancestral", ("epsilon", "v_prediction")),
     "heun": SamplerSpec(HeunDiscreteScheduler, {}, False, "Karras et al. 2022, Alg. 1"),
-    "kdpm2": SamplerSpec(KDPM2DiscreteScheduler, {}, False, "k-diffusion sample_dpm_2"),
+    "kdpm2": SamplerSpec(KDPM2DiscreteScheduler, {}, False, "k-diffusion sample_dpm_2",
+                         ("epsilon", "v_prediction")),
     "kdpm2-a": SamplerSpec(KDPM2AncestralDiscreteScheduler, {}, True,
-                           "k-diffusion sample_dpm_2_ancestral"),
+                           "k-diffusion sample_dpm_2_ancestral", ("epsilon", "v_prediction")),
     "unipc": SamplerSpec(UniPCMultistepScheduler, {"solver_order": 2}, False,
                          "Zhao et al. 2023 (UniPC)"),
+    # diffusers' DEIS (0.42) has no final_sigmas_type option: its last sigma is sigma(t = 0), and
+    # its log-SNR update cannot reach sigma = 0 (h = inf), so it stops one training step short.
     "deis": SamplerSpec(DEISMultistepScheduler, {"solver_order": 2}, False,
-                        "Zhang & Chen 2023 (DEIS)"),
+                        "Zhang & Chen 2023 (DEIS)", final_sigmas_type="sigma_min"),
     "lms": SamplerSpec(LMSDiscreteScheduler, {}, False, "k-diffusion sample_lms"),
-    "pndm": SamplerSpec(PNDMScheduler, {"skip_prk_steps": True}, False,
-                        "Liu et al. 2022 (PLMS)"),
+    # set_alpha_to_one: PNDMScheduler's default (False) makes the last step land on
+    # alphas_cumprod[0], leaving noise of std sqrt(1 - abar_0) (~0.01); True ends on x0, as DDIM
+    # does by default. ScheduledPNDMScheduler: see its docstring (stride and v/x0 outputs).
+    "pndm": SamplerSpec(ScheduledPNDMScheduler, {"skip_prk_steps": True, "set_alpha_to_one": True},
+                        False, "Liu et al. 2022 (PLMS)"),
 }
 
 
@@ -138,11 +304,127 @@ def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
         A new diffusers scheduler; call ``set_timesteps(num_inference_steps)`` before use.
 
     Raises:
-        ValueError: unknown sampler name.
+        ValueError: unknown sampler name, or a ``prediction_type`` the sampler does not accept
+            (see :func:`check_prediction_type`).
     """
     spec = sampler_spec(name)
     kwargs = training_schedule(config_or_scheduler)
     kwargs.update(timestep_spacing="trailing")  # start at t = T-1 (Lin et al. 2024, Sec. 3.3)
     kwargs.update(spec.options)
     kwargs.update(overrides)
+    check_prediction_type(name, kwargs.get("prediction_type", "epsilon"))  # diffusers' default
     return spec.scheduler_class(**kwargs)
+
+
+def check_prediction_type(name: str, prediction_type: str) -> None:
+    """Raise ``ValueError`` unless sampler ``name`` accepts networks predicting ``prediction_type``.
+
+    Args:
+        name: a name from :func:`list_samplers`.
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (x0).
+
+    Raises:
+        ValueError: unknown name, or a prediction type outside
+            ``sampler_spec(name).prediction_types`` (the k-diffusion ports kdpm2, kdpm2-a and
+            euler-a have no x0-prediction update).
+
+    Example::
+
+        >>> check_prediction_type("euler", "sample")
+        >>> check_prediction_type("kdpm2", "sample")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: sampler 'kdpm2' does not accept prediction_type='sample'; it accepts (...)
+    """
+    allowed = sampler_spec(name).prediction_types
+    if prediction_type not in allowed:
+        raise ValueError(f"sampler {name!r} does not accept prediction_type={prediction_type!r}; "
+                         f"it accepts {allowed}")
+
+
+def _check_count(what: str, value: Any, low: int, high: Optional[int] = None) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int (not bool) in ``[low, high]``."""
+    allowed = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+    if not isinstance(value, int) or isinstance(value, bool) or value < low \
+            or (high is not None and value > high):
+        raise ValueError(f"{what} must be {allowed}, got {value!r}")
+
+
+def nfe_for_steps(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]],
+                  num_inference_steps: int) -> int:
+    """Network calls per image that ``num_inference_steps`` steps of sampler ``name`` make.
+
+    That is ``len(scheduler.timesteps)`` after ``set_timesteps``: ``DiffusionImagePipeline`` makes
+    one U-Net forward per entry and reports it as ``nfe`` (with guidance the conditional and null
+    rows share that forward). Most samplers take ``n``; Heun and the DPM-2 pair take ``2n - 1``
+    (two evaluations per step, one for the last Euler step to sigma = 0); PNDM takes ``n + 1``
+    for ``n >= 2`` (its first step is evaluated twice).
+
+    Args:
+        name: a name from :func:`list_samplers`.
+        config_or_scheduler: the training scheduler or its config (as for :func:`build_sampler`).
+        num_inference_steps: int in ``[1, num_train_timesteps]``.
+
+    Returns:
+        The number of network evaluations, an int >= ``num_inference_steps``.
+
+    Raises:
+        ValueError: unknown name, or ``num_inference_steps`` not an int in the allowed range.
+
+    Example::
+
+        >>> train = DDPMScheduler(num_train_timesteps=1000)
+        >>> nfe_for_steps("ddim", train, 10), nfe_for_steps("heun", train, 10)
+        (10, 19)
+    """
+    sampler = build_sampler(name, config_or_scheduler)
+    _check_count("num_inference_steps", num_inference_steps, 1,
+                 sampler.config.num_train_timesteps)
+    sampler.set_timesteps(num_inference_steps)
+    return len(sampler.timesteps)
+
+
+def steps_for_nfe(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]],
+                  nfe: int) -> int:
+    """The most steps of sampler ``name`` that make at most ``nfe`` network calls per image.
+
+    Use it to compare samplers at equal cost: the inverse of :func:`nfe_for_steps`, which is
+    non-decreasing in the step count (bisection over ``[1, num_train_timesteps]``).
+
+    Args:
+        name: a name from :func:`list_samplers`.
+        config_or_scheduler: the training scheduler or its config (as for :func:`build_sampler`).
+        nfe: the budget of network evaluations per image, an int >= the cost of one step.
+
+    Returns:
+        ``num_inference_steps`` in ``[1, num_train_timesteps]`` with
+        ``nfe_for_steps(name, ., n) <= nfe < nfe_for_steps(name, ., n + 1)`` (or ``n`` the maximum).
+
+    Raises:
+        ValueError: unknown name, ``nfe`` not an int, or below what one step costs.
+
+    Example::
+
+        >>> train = DDPMScheduler(num_train_timesteps=1000)
+        >>> steps_for_nfe("heun", train, 20), steps_for_nfe("ddim", train, 20)
+        (10, 20)
+    """
+    _check_count("nfe", nfe, 1)
+    sampler = build_sampler(name, config_or_scheduler)
+
+    def cost(n: int) -> int:
+        sampler.set_timesteps(n)
+        return len(sampler.timesteps)
+
+    one_step = cost(1)
+    if nfe < one_step:
+        raise ValueError(f"sampler {name!r} makes {one_step} network calls for one step; "
+                         f"got nfe={nfe}")
+    low, high = 1, sampler.config.num_train_timesteps  # invariant: cost(low) <= nfe
+    while low < high:
+        mid = (low + high + 1) // 2
+        if cost(mid) <= nfe:
+            low = mid
+        else:
+            high = mid - 1
+    return low

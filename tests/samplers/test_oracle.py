@@ -1,0 +1,370 @@
+"""Oracle tests for samplers/diffusion.py: with a perfect denoiser every sampler lands on x0.
+
+The oracle knows the one clean image ``x0``. For that point-mass data distribution the
+probability-flow ODE is ``x_sigma = x0 + sigma * eps`` with ``eps`` constant along the path
+(Karras et al. 2022, Sec. 2, with the ideal denoiser ``D(x; sigma) = x0``), and every update rule
+here is exact on it: each step recovers ``x0`` from the oracle's output and moves along that
+line. So whatever the number of steps, a consistent sampler ends on ``x0`` up to float rounding -
+unless its algebra disagrees with itself (input scaling vs. update, a stride that misses the
+schedule) or its last step stops short of sigma = 0. Stochastic samplers land there too: their x0
+estimate is exact at every step and the last step adds no noise.
+
+Also here: the timestep layout of every sampler, ``nfe_for_steps`` / ``steps_for_nfe``, and the
+NFE that ``DiffusionImagePipeline`` reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+
+from conftest import forward_spy, generators
+from samplers import (
+    PREDICTION_TYPES,
+    build_sampler,
+    list_samplers,
+    nfe_for_steps,
+    sampler_spec,
+    steps_for_nfe,
+    training_schedule,
+)
+
+T = 1000
+TRAIN = DDPMScheduler(num_train_timesteps=T)  # linear betas 1e-4 .. 0.02
+X0 = 2 * torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1
+NOISE = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+ORACLE_STEPS = range(1, 51)
+ATOL = 1e-4        # final sample vs x0
+PATH_ATOL = 1e-3   # network inputs vs the exact path (deterministic samplers)
+
+SUPPORTED = [(name, p) for name in list_samplers() for p in sampler_spec(name).prediction_types]
+UNSUPPORTED = [(name, p) for name in list_samplers() for p in PREDICTION_TYPES
+               if p not in sampler_spec(name).prediction_types]
+
+
+# --- the oracle --------------------------------------------------------------------------------
+
+def alpha_bar_seen(scheduler, timestep, sample: torch.Tensor,
+                   model_input: torch.Tensor) -> torch.Tensor:
+    """``abar`` of the noise level at which the scheduler makes the network call at ``timestep``.
+
+    Read from the scheduler's own state, not from ``timestep`` (fractional for the kdpm2
+    midpoints, rounded for Karras sigmas):
+
+    * samplers that keep ``x = x0 + sigma * eps`` (the k-diffusion ports) feed the network
+      ``c_in * x`` with ``c_in = 1 / sqrt(sigma^2 + 1) = sqrt(abar)`` (Karras et al. 2022,
+      Table 1, VP). Which of their sigmas they used (for kdpm2 and kdpm2-a's second stage a
+      midpoint from ``sigmas_interpol``, indexed differently in each) is read off ``c_in``: the
+      entry of their sigma tables whose ``c_in`` matches;
+    * DPM-Solver, UniPC and DEIS feed ``x_t`` unscaled and step with ``sigmas[step_index]``;
+    * DDPM, DDIM and PNDM index ``alphas_cumprod`` by the integer timestep.
+
+    In each case ``abar = 1 / (1 + sigma^2)``, or ``alphas_cumprod[t]``.
+    """
+    if not torch.equal(model_input, sample):
+        c_in = (model_input * sample).sum() / (sample * sample).sum()  # least-squares ratio
+        tables = [scheduler.sigmas, getattr(scheduler, "sigmas_interpol", scheduler.sigmas)]
+        sigmas = torch.cat(tables).double()
+        sigmas = sigmas[sigmas.isfinite()]  # kdpm2: sigmas_interpol[0] is NaN (lerp to log 0)
+        sigma = sigmas[(1 / (1 + sigmas ** 2).sqrt() - c_in).abs().argmin()]
+    elif hasattr(scheduler, "sigmas"):
+        index = scheduler.step_index
+        index = scheduler.index_for_timestep(timestep) if index is None else index
+        sigma = scheduler.sigmas[index].double()
+    else:
+        return scheduler.alphas_cumprod[int(timestep)].double()
+    return 1 / (1 + sigma ** 2)
+
+
+def oracle(scheduler, timestep, sample: torch.Tensor, model_input: torch.Tensor):
+    """``(target, eps, abar)``: the exact network output for the scheduler's ``prediction_type``
+    at ``x_t = model_input``, the noise it implies, ``eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)``
+    (Ho et al. 2020, eq. 4), and ``abar``; ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans &
+    Ho 2022). Also checks that a scaled network input is ``sqrt(abar) * sample`` to float32
+    precision, i.e. that the sigma found is the one the scheduler scaled by.
+    """
+    abar = alpha_bar_seen(scheduler, timestep, sample, model_input)
+    if not torch.equal(model_input, sample):
+        torch.testing.assert_close(model_input, abar.sqrt() * sample, rtol=1e-6, atol=0)
+    eps = (model_input - abar.sqrt() * X0) / (1 - abar).sqrt()
+    target = {"epsilon": eps, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * X0,
+              "sample": X0}[scheduler.config.prediction_type]
+    return target, eps, abar
+
+
+def step_kwargs(scheduler, seed: int = 2) -> dict:
+    """A seeded generator for samplers whose ``step`` draws noise (and accepts one)."""
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    return {"generator": torch.Generator().manual_seed(seed)} if takes_generator else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _prototype(name: str, prediction_type: str):
+    return build_sampler(name, TRAIN, prediction_type=prediction_type)
+
+
+def fresh_sampler(name: str, prediction_type: str = "epsilon"):
+    """``build_sampler(name, TRAIN, prediction_type=...)``, copied from a cached prototype: the
+    k-diffusion ports run ``set_timesteps(1000)`` in ``__init__`` (0.1 s for kdpm2)."""
+    return copy.deepcopy(_prototype(name, prediction_type))
+
+
+def sample_with_oracle(name: str, num_inference_steps: int, prediction_type: str):
+    """Run sampler ``name`` from ``x_T = init_noise_sigma * NOISE`` with the oracle as network.
+
+    Returns ``(x, eps_T, path_error)``: the final sample, the oracle's noise at the first call,
+    and how far the network inputs strayed from the exact path
+    ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps_T`` (max abs; stochastic samplers re-noise, so for
+    them it is the distance from the first call's path).
+    """
+    scheduler = fresh_sampler(name, prediction_type)
+    # The schedulers keep alphas_cumprod in float32. DDPM, DDIM and PNDM do their step algebra in
+    # it, and at t = 999 (abar = 4e-5) PNDM's first step multiplies that rounding by
+    # sqrt(abar_t' / abar_999) ~ 45 (3e-4 at n = 2). float64 separates the algorithm from float32;
+    # the sigma-based samplers keep float32 sigmas regardless (their error stays < 3e-5).
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    scheduler.set_timesteps(num_inference_steps)
+    x = NOISE * scheduler.init_noise_sigma
+    kwargs, path_error, eps_first = step_kwargs(scheduler), 0.0, None
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(x, t)
+        target, eps, abar = oracle(scheduler, t, x, model_input)
+        eps_first = eps if eps_first is None else eps_first
+        path_error = max(path_error, float(((1 - abar).sqrt() * (eps - eps_first)).abs().max()))
+        x = scheduler.step(target, t, x, **kwargs).prev_sample
+    return x, eps_first, path_error
+
+
+@pytest.mark.parametrize("name,prediction_type", SUPPORTED)
+def test_perfect_denoiser_lands_on_x0_for_every_step_count(name, prediction_type):
+    """Steps 1..50: the output is x0 (max abs error < 1e-4) - or, for a sampler whose last sigma
+    is sigma_min (DEIS), the exact ODE point there, ``sqrt(abar_0) x0 + sqrt(1 - abar_0) eps_T``.
+
+    Deterministic samplers must also call the network only on the exact path (within 1e-3: float32
+    sigmas leave <= 1.4e-4, Heun at 2 steps; stepping to the wrong timestep, as diffusers' DDIM does
+    on the trailing schedule, strays 5e-3 at 3 steps). That catches errors the last step hides: a
+    final first-order step to sigma = 0 returns the x0 prediction of the last call, exact however
+    the sample got there (diffusers' DDIM still ends on x0 at 3 steps). Stochastic samplers leave
+    the path by design (they re-noise)."""
+    spec = sampler_spec(name)
+    abar_end = (torch.tensor(1.0, dtype=torch.float64) if spec.final_sigmas_type == "zero"
+                else TRAIN.alphas_cumprod[0].double())
+    errors, gaps, paths = {}, {}, {}
+    for n in ORACLE_STEPS:
+        x, eps_T, paths[n] = sample_with_oracle(name, n, prediction_type)
+        expected = abar_end.sqrt() * X0 + (1 - abar_end).sqrt() * eps_T
+        errors[n] = float((x - expected).abs().max())
+        gaps[n] = float((x - X0).abs().max())
+    bad = {n: f"{e:.1e}" for n, e in errors.items() if not e < ATOL}
+    assert not bad, f"{name} ({prediction_type}) misses the target at steps {bad}"
+    if spec.final_sigmas_type == "sigma_min":  # the stated shortfall is real, not rounding
+        assert min(gaps.values()) > 1e-3
+    if spec.stochastic:
+        assert max(paths.values()) > PATH_ATOL
+    else:
+        strays = {n: f"{e:.1e}" for n, e in paths.items() if not e < PATH_ATOL}
+        assert not strays, f"{name} ({prediction_type}) leaves the ODE path at steps {strays}"
+
+
+def test_oracle_covers_every_sampler_and_the_stated_exceptions():
+    """Guard: every sampler runs the oracle with epsilon and v; only "sample" is ever refused,
+    and "zero" is the final sigma of all but DEIS."""
+    assert {name for name, _ in SUPPORTED} == set(list_samplers())
+    assert all(p == "sample" for _, p in UNSUPPORTED)
+    assert {name for name, _ in UNSUPPORTED} == {"euler-a", "kdpm2", "kdpm2-a"}
+    assert [n for n in list_samplers() if sampler_spec(n).final_sigmas_type != "zero"] == ["deis"]
+    assert all(sampler_spec(n).final_sigmas_type in ("zero", "sigma_min") for n in list_samplers())
+
+
+@pytest.mark.parametrize("name,prediction_type", UNSUPPORTED)
+def test_unsupported_prediction_type_is_refused_up_front(name, prediction_type):
+    """build_sampler raises ValueError naming what is accepted - because diffusers' own update
+    has no branch for it (stepping the bare class fails), which this also checks."""
+    with pytest.raises(ValueError, match=rf"{name}.*{prediction_type}.*accepts"):
+        build_sampler(name, TRAIN, prediction_type=prediction_type)
+    spec = sampler_spec(name)
+    bare = spec.scheduler_class(**{**training_schedule(TRAIN), "timestep_spacing": "trailing",
+                                   **spec.options, "prediction_type": prediction_type})
+    bare.set_timesteps(2)
+    x = NOISE * bare.init_noise_sigma
+    t = bare.timesteps[0]
+    with pytest.raises((NotImplementedError, ValueError)):
+        bare.step(bare.scale_model_input(x, t), t, x, **step_kwargs(bare))
+
+
+@pytest.mark.parametrize("n", [1, 4, 10, 50])
+@pytest.mark.parametrize("name,parent,options", [
+    ("ddim", DDIMScheduler, {"eta": 0.0}), ("ddim", DDIMScheduler, {"eta": 1.0}),
+    ("pndm", PNDMScheduler, {})])
+def test_scheduled_subclasses_equal_diffusers_where_its_stride_is_right(name, parent, options, n):
+    """Where ``T % n == 0`` diffusers' ``t - T // n`` is the next scheduled timestep, and the
+    registry's DDIM and PNDM subclasses give bit-identical samples (PNDM: epsilon-prediction)."""
+    config = dict(fresh_sampler(name).config)
+    ours, theirs = fresh_sampler(name), parent.from_config(config)
+    samples = []
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(n)
+        x = NOISE.float().clone()
+        kwargs = {**options, **step_kwargs(scheduler)} if options else {}
+        for t in scheduler.timesteps:
+            x = scheduler.step(0.5 * x + 1e-3 * t, t, x, **kwargs).prev_sample
+        samples.append(x)
+    assert type(ours) is not type(theirs)
+    assert torch.equal(*samples)
+
+
+# --- timestep layouts --------------------------------------------------------------------------
+
+LAYOUT_STEPS = [1, 3, 7, 20, 50, 53, 1000]
+#: Sampler -> how its ``timesteps`` relate to the trailing n-step schedule ``t_0 > ... > t_{n-1}``.
+LAYOUTS = {
+    **{name: "trailing" for name in ["ddim", "ddpm", "deis", "dpmpp-2m", "dpmpp-sde", "euler",
+                                     "euler-a", "lms", "unipc"]},
+    "dpmpp-2m-karras": "karras",   # Karras sigmas rounded to timesteps
+    "heun": "heun",                # t_0, t_1, t_1, ..., t_{n-1}, t_{n-1}: 2n - 1
+    "kdpm2": "midpoint",           # t_0, m_1, t_1, ..., m_{n-1}, t_{n-1}: 2n - 1
+    "kdpm2-a": "midpoint",
+    "pndm": "pndm",                # t_0, t_1, t_1, t_2, ..., t_{n-1}: n + 1 (n >= 2)
+}
+EXPECTED_NFE = {"trailing": lambda n: n, "karras": lambda n: n, "heun": lambda n: 2 * n - 1,
+                "midpoint": lambda n: 2 * n - 1, "pndm": lambda n: n + 1 if n > 1 else 1}
+KARRAS_REPEATS_FROM = 79  # first n whose rounded Karras timesteps repeat (linear schedule)
+
+
+def trailing(n: int) -> torch.Tensor:
+    """The trailing schedule ``round(T - k T / n) - 1``, k = 0..n-1 (Lin et al. 2024, Table 2)."""
+    return torch.from_numpy(np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1)
+
+
+def timesteps_of(name: str, n: int) -> torch.Tensor:
+    sampler = fresh_sampler(name)
+    sampler.set_timesteps(n)
+    return sampler.timesteps
+
+
+def names_with(layout: str) -> list[str]:
+    return [name for name in list_samplers() if LAYOUTS.get(name) == layout]
+
+
+def test_every_sampler_has_a_known_layout():
+    assert set(LAYOUTS) == set(list_samplers())
+
+
+@pytest.mark.parametrize("n", LAYOUT_STEPS)
+@pytest.mark.parametrize("name", list_samplers())
+def test_timesteps_are_in_range_and_cost_what_the_layout_says(name, n):
+    timesteps = timesteps_of(name, n)
+    assert ((timesteps >= 0) & (timesteps < T)).all()
+    assert int(timesteps[0]) == T - 1  # trailing spacing starts from pure noise
+    assert len(timesteps) == EXPECTED_NFE[LAYOUTS[name]](n) == nfe_for_steps(name, TRAIN, n)
+
+
+@pytest.mark.parametrize("n", LAYOUT_STEPS)
+@pytest.mark.parametrize("name", names_with("trailing"))
+def test_single_stage_samplers_use_exactly_the_trailing_schedule(name, n):
+    """n strictly decreasing timesteps: the trailing schedule itself."""
+    timesteps = timesteps_of(name, n)
+    assert torch.equal(timesteps.double(), trailing(n).double())
+    assert (timesteps[1:] < timesteps[:-1]).all()
+
+
+@pytest.mark.parametrize("n", LAYOUT_STEPS)
+def test_heun_evaluates_every_step_twice_but_the_last(n):
+    expected = torch.cat([trailing(n)[:1], trailing(n)[1:].repeat_interleave(2)])
+    assert torch.equal(timesteps_of("heun", n).double(), expected.double())
+
+
+@pytest.mark.parametrize("n", LAYOUT_STEPS)
+@pytest.mark.parametrize("name", names_with("midpoint"))
+def test_dpm2_samplers_interleave_midpoints(name, n):
+    """Even entries: the trailing schedule. Odd entries: the network call at the log-midpoint
+    sigma of each step. For kdpm2-a that midpoint is ``sqrt(sigma * sigma_down)``, which equals
+    ``sigma_next`` exactly at eta = 1 (as in k-diffusion's sample_dpm_2_ancestral), so its
+    midpoints repeat the next timestep up to float32 rounding."""
+    timesteps = timesteps_of(name, n).double()
+    assert torch.equal(timesteps[0::2], trailing(n).double())
+    mids, before, after = timesteps[1::2], timesteps[0:-1:2], timesteps[2::2]
+    if name == "kdpm2-a":
+        torch.testing.assert_close(mids, after, atol=1e-3, rtol=0)
+    else:
+        assert ((after < mids) & (mids < before)).all()
+
+
+@pytest.mark.parametrize("n", LAYOUT_STEPS)
+def test_pndm_evaluates_its_first_step_twice(n):
+    """PLMS warm-up (skip_prk_steps): the second call of the first step re-does it with the mean
+    of two slopes, so ``t_1`` appears twice; then one call per step."""
+    schedule = trailing(n)
+    expected = schedule if n == 1 else torch.cat([schedule[:2], schedule[1:]])
+    assert torch.equal(timesteps_of("pndm", n), expected)
+
+
+@pytest.mark.parametrize("n", LAYOUT_STEPS + [KARRAS_REPEATS_FROM - 1, KARRAS_REPEATS_FROM])
+def test_karras_timesteps_decrease_and_repeat_only_where_the_grid_is_too_coarse(n):
+    """n timesteps from 999 down to 0 (sigma_max to sigma_min); the sigmas the solver uses are
+    always strictly decreasing, the rounded timesteps only below KARRAS_REPEATS_FROM steps."""
+    sampler = build_sampler("dpmpp-2m-karras", TRAIN)
+    sampler.set_timesteps(n)
+    timesteps, sigmas = sampler.timesteps, sampler.sigmas[:n]
+    assert len(timesteps) == n and (timesteps[1:] <= timesteps[:-1]).all()
+    assert (sigmas[1:] < sigmas[:-1]).all()
+    assert n == 1 or int(timesteps[-1]) == 0
+    assert bool((timesteps[1:] < timesteps[:-1]).all()) == (n < KARRAS_REPEATS_FROM)
+
+
+# --- NFE helpers -------------------------------------------------------------------------------
+
+def test_nfe_helpers_on_heun_and_pndm():
+    assert nfe_for_steps("heun", TRAIN, 10) == 19
+    budgets = (1, 2, 3, 18, 19, 20)
+    assert [steps_for_nfe("heun", TRAIN, nfe) for nfe in budgets] == [1, 1, 2, 9, 10, 10]
+    assert [nfe_for_steps("pndm", TRAIN, n) for n in (1, 2, 10)] == [1, 3, 11]
+    assert [steps_for_nfe("pndm", TRAIN, nfe) for nfe in (1, 2, 3, 11)] == [1, 1, 2, 10]
+    assert steps_for_nfe("ddim", TRAIN, 20) == 20
+    assert steps_for_nfe("ddim", TRAIN, 5000) == T  # capped at num_train_timesteps
+
+
+@pytest.mark.parametrize("name", list_samplers())
+def test_steps_for_nfe_is_the_largest_step_count_within_budget(name):
+    for nfe in (1, 2, 3, 20):
+        n = steps_for_nfe(name, TRAIN.config, nfe)
+        assert nfe_for_steps(name, TRAIN.config, n) <= nfe < nfe_for_steps(name, TRAIN, n + 1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, T + 1, 2.0, True, "3", None])
+def test_nfe_for_steps_rejects_bad_step_counts(bad):
+    with pytest.raises(ValueError, match=r"num_inference_steps must be an int in \[1, 1000\]"):
+        nfe_for_steps("ddim", TRAIN, bad)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.0, False, None])
+def test_steps_for_nfe_rejects_bad_budgets(bad):
+    with pytest.raises(ValueError, match=r"nfe must be an int >= 1"):
+        steps_for_nfe("heun", TRAIN, bad)
+
+
+def test_nfe_helpers_reject_unknown_samplers():
+    for call in (lambda: nfe_for_steps("nope", TRAIN, 3), lambda: steps_for_nfe("nope", TRAIN, 3)):
+        with pytest.raises(ValueError, match="unknown sampler 'nope'"):
+            call()
+
+
+# --- NFE the pipeline reports ------------------------------------------------------------------
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+@pytest.mark.parametrize("name", list_samplers())
+def test_pipeline_nfe_is_the_counted_forwards_and_nfe_for_steps(tiny_pipe, name, guidance_scale):
+    """One U-Net forward per timestep, guided or not: guidance batches the null and conditional
+    rows into that forward (2 images -> batch 4) instead of adding calls."""
+    steps = 3
+    with forward_spy(tiny_pipe.unet) as calls:
+        out = tiny_pipe(class_labels=[0, 1], num_inference_steps=steps, sampler=name,
+                        guidance_scale=guidance_scale, generator=generators(2), output_type="pt")
+    assert out.nfe == len(calls) == nfe_for_steps(name, tiny_pipe.scheduler, steps)
+    assert all(call.batch == (4 if guidance_scale != 1.0 else 2) for call in calls)
