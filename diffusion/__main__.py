@@ -130,6 +130,9 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="cache of reference features and generated samples (default "
                         "$DIFFUSION_CENTRIC_CACHE or ~/.cache/diffusion-centric)")
     p.add_argument("--no-cache", action="store_true", help="cache nothing on disk")
+    p.add_argument("--shard-size", type=int, default=500,
+                   help="images per cached shard, the unit of resume and of the split across "
+                        "processes (default 500; part of the cache key)")
     p.add_argument("--bf16", action="store_true", help="sample under bfloat16 autocast")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -144,8 +147,8 @@ def _eval_setup(args):
     from diffusion import default_model_path
     from diffusion.loading import load_pipeline
 
-    if args.num_samples < 2 or args.batch_size < 1:
-        raise SystemExit("error: --num-samples must be >= 2 and --batch-size >= 1")
+    if args.num_samples < 2 or args.batch_size < 1 or args.shard_size < 1:
+        raise SystemExit("error: --num-samples must be >= 2, --batch-size and --shard-size >= 1")
     if args.features == "inception" and not args.inception_weights:
         raise SystemExit("error: --features inception needs --inception-weights PATH (a local copy "
                          "of weights-inception-2015-12-05-6726825d.pth; nothing is downloaded)")
@@ -184,7 +187,7 @@ def _eval_kwargs(args, accelerator) -> dict:
                 inception_weights=args.inception_weights, reference_split=args.reference_split,
                 reference_num_samples=args.reference_num_samples, cache_dir=cache_dir,
                 autocast_dtype=torch.bfloat16 if args.bf16 else None, accelerator=accelerator,
-                progress=not args.quiet)
+                progress=not args.quiet, shard_size=args.shard_size)
 
 
 _TABLE = (("n", "{}"), ("nfe", "{}"), ("fid", "{:.3f}"), ("kid", "{:.5f}"), ("kid_std", "{:.5f}"),
@@ -224,7 +227,8 @@ def cmd_evaluate(args) -> int:
                                    if v is not None},
                                cache_dir=None if kwargs["cache_dir"] is None else
                                _sample_cache(kwargs["cache_dir"]),
-                               autocast_dtype=kwargs["autocast_dtype"], progress=not args.quiet)
+                               autocast_dtype=kwargs["autocast_dtype"], progress=not args.quiet,
+                               shard_size=args.shard_size)
         cas = classification_accuracy_score(run.images, run.labels, seed=args.seed,
                                             max_steps=args.cas_steps)
         result.update(cas=cas["cas"], cas_real_accuracy=cas["real_accuracy"],

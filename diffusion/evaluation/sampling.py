@@ -241,7 +241,12 @@ def iter_sample_shards(pipe, num_samples: int, *, call_kwargs: Optional[Mapping[
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_samples, desc="sampling", unit="img", disable=rank != 0)
+    fresh = set()  # shards made in this call, by any process
     if world > 1:
+        existing = {j for j in range(num_shards)
+                    if shard_path(j, min(num_samples, (j + 1) * shard_size)).exists()}
+        fresh = set(range(num_shards)) - existing
+        accelerator.wait_for_everyone()  # every process has looked before any writes
         for j in range(rank, num_shards, world):
             lo, hi = j * shard_size, min(num_samples, (j + 1) * shard_size)
             path = shard_path(j, hi)
@@ -255,7 +260,7 @@ def iter_sample_shards(pipe, num_samples: int, *, call_kwargs: Optional[Mapping[
         if path is not None and path.exists():
             with np.load(path) as z:
                 shard = {name: z[name] for name in z.files}
-            shard["cached"] = True
+            shard["cached"] = j not in fresh
         else:
             shard = _generate_shard(pipe, lo, hi, k, seed, batch_size, call_kwargs, autocast_dtype)
             if path is not None:

@@ -199,3 +199,33 @@ def test_real_images_pipeline_serves_each_class_in_a_seeded_order(test_split):
     assert other.components != pipe.components
     with pytest.raises(IndexError, match="class 4 has 1000"):
         pipe(class_labels=[4], generator=[torch.Generator().manual_seed(10 * 1000 + 4)])
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_generation_and_agree_with_one(tmp_path):
+    """``accelerate launch`` with 2 CPU processes: each generates every other shard into the
+    shared cache; one process in this test then finds every shard made and the same FID."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "training"))
+    from training_helpers import free_port, run_python
+
+    from diffusion import default_model_path
+    from diffusion.loading import load_pipeline
+
+    cache, out = tmp_path / "cache", tmp_path / "e.json"
+    args = ["--num-samples", "40", "--shard-size", "10", "--batch-size", "10", "--steps", "2",
+            "--metrics", "fid,accuracy", "--reference-num-samples", "100", "--quiet"]
+    run_python(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port()), "-m", "diffusion", "evaluate", *args,
+                "--cache-dir", str(cache), "--out", str(out)], timeout=400)
+    two = json.loads(out.read_text())
+    shards = sorted(p.name for p in cache.glob("samples/*/shard-*.npz"))
+    assert shards == [f"shard-0000{i}.npz" for i in range(4)] and two["n"] == 40
+    one = evaluate(load_pipeline(default_model_path(), quiet=True), metrics="fid,accuracy",
+                   num_samples=40, shard_size=10, batch_size=10, sampler="dpmpp-2m",
+                   num_inference_steps=2, guidance_scale=2.0, reference_num_samples=100,
+                   cache_dir=cache, progress=False)
+    assert one["generated"] == 0 and two["generated"] == 40
+    assert one["fid"] == pytest.approx(two["fid"], abs=1e-9) and one["accuracy"] == two["accuracy"]

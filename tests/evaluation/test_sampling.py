@@ -98,8 +98,12 @@ def test_shards_are_split_round_robin_across_processes(pipe, tmp_path):
         pass
 
     def fake(rank):
+        waits = []
+
         def wait():
-            raise Stop  # stop right after this process's share, before reading the others
+            waits.append(1)
+            if len(waits) == 2:
+                raise Stop  # stop right after this process's share, before reading the others
         return SimpleNamespace(num_processes=2, process_index=rank, wait_for_everyone=wait)
 
     for rank in (0, 1):
