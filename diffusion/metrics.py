@@ -15,8 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -39,7 +37,8 @@ def conditional_accuracy(pipe, classifier: ImageClassifier, num_samples: int = 1
     """Generate ``num_samples`` images, classes cycling ``0, 1, ..., K-1, 0, ...``, and classify.
 
     Image ``i`` has class ``i % K`` and its own generator seeded ``seed + i``, so the figure does
-    not depend on ``batch_size``.
+    not depend on ``batch_size``. Images are rounded to uint8 before classification, as in
+    :func:`diffusion.evaluation.evaluate` (whose ``"accuracy"`` metric is the same figure).
 
     Args:
         pipe: a class-conditional pipeline with the shared call signature.
@@ -53,26 +52,26 @@ def conditional_accuracy(pipe, classifier: ImageClassifier, num_samples: int = 1
     Raises:
         ValueError: ``num_samples`` < 1, or an unconditional pipeline.
     """
+    from diffusion.evaluation.sampling import iter_sample_shards
+
     k = pipe.num_classes
     if k is None:
         raise ValueError("conditional accuracy needs a class-conditional pipeline")
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
-    labels = torch.arange(num_samples) % k
-    preds, nfe = [], 0
-    device_type = pipe.device.type
-    ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    start = time.perf_counter()
-    for lo in range(0, num_samples, batch_size):
-        hi = min(num_samples, lo + batch_size)
-        with ctx:
-            out = pipe(class_labels=labels[lo:hi], num_inference_steps=num_inference_steps,
-                       guidance_scale=guidance_scale, sampler=sampler, output_type="pt",
-                       generator=[torch.Generator().manual_seed(seed + i) for i in range(lo, hi)])
-        nfe = out.nfe
-        preds.append(classifier.predict(out.images.float() * 2 - 1))
-    seconds = time.perf_counter() - start
-    preds = torch.cat(preds)
+    call_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    if sampler is not None:
+        call_kwargs["sampler"] = sampler
+    preds, labels, nfe, seconds = [], [], 0, 0.0
+    # The shared generation path of diffusion.evaluation: image i has class i % K, seed seed + i.
+    for shard in iter_sample_shards(pipe, num_samples, call_kwargs=call_kwargs, seed=seed,
+                                    batch_size=batch_size, shard_size=max(batch_size, 500),
+                                    autocast_dtype=autocast_dtype, progress=False):
+        images = torch.from_numpy(shard["images"]).float() / 127.5 - 1  # uint8 -> [-1, 1]
+        preds.append(classifier.predict(images))
+        labels.append(torch.from_numpy(shard["labels"]))
+        nfe, seconds = int(shard["nfe"]), seconds + float(shard["seconds"])
+    preds, labels = torch.cat(preds), torch.cat(labels)
     correct = (preds == labels).float()
     return {
         "accuracy": correct.mean().item(),
