@@ -194,7 +194,8 @@ _TABLE = (("n", "{}"), ("nfe", "{}"), ("fid", "{:.3f}"), ("kid", "{:.5f}"), ("ki
           ("precision", "{:.3f}"), ("recall", "{:.3f}"), ("inception_score", "{:.3f}"),
           ("accuracy", "{:.4f}"), ("cas", "{:.4f}"), ("cas_real_accuracy", "{:.4f}"),
           ("cas_ratio", "{:.3f}"), ("seconds_per_image", "{:.4f}"),
-          ("peak_memory_bytes", "{:,}"), ("feature_network", "{}"), ("reference_split", "{}"),
+          ("peak_memory_bytes", "{:,}"), ("feature_network", "{}"),
+          ("feature_description", "{}"), ("reference_dataset", "{}"), ("reference_split", "{}"),
           ("reference_n", "{}"), ("hardware", "{}"))
 
 
