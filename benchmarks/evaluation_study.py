@@ -131,8 +131,10 @@ def write_page(configs: list[dict], cas: bool) -> None:
            "numbers compare with each other and with the real-data floor, **not** with "
            "Inception-FIDs in papers. FID is biased upward at small n: compare FIDs at equal n "
            "only (KID is unbiased). s/image is generation wall time per image, recorded when the "
-           "images were made on 2 CPU cores (torch threads 2) while other jobs shared the machine: "
-           "noisy, compare within a table. See [the methodology](../evaluation.md).\n"]
+           "images were made, on 2 CPU cores while other jobs shared the machine (each JSON's "
+           "`hardware` field says where and with how many torch threads; shards made before that "
+           "was recorded say `not recorded`, made by the same study process): noisy, compare "
+           "within a table. See [the methodology](../evaluation.md).\n"]
     top = rows_of("floor") + rows_of("default")
     if top:
         out.append("## The real-data floor and the default sampler, n = 10,000\n\n"

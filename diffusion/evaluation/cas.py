@@ -319,6 +319,7 @@ def classification_accuracy_score(synthetic_images: ArrayLike, synthetic_labels,
     Example::
 
         >>> from diffusion.evaluation.cas import classification_accuracy_score
+        >>> # run = diffusion.evaluation.generate_samples(pipe, 10_000, ...): uint8 images + labels
         >>> score = classification_accuracy_score(run.images, run.labels)            # doctest: +SKIP
         >>> score["cas"], score["real_accuracy"], score["ratio"]                     # doctest: +SKIP
     """

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from diffusion.evaluation.sampling import (hardware_description, iter_sample_shards,
-                                           peak_memory_bytes, sample_settings)
+                                           peak_memory_bytes, sample_settings, settings_key)
 
 #: Every metric :func:`evaluate` knows. ``is`` is the Inception-Score-style score computed from the
 #: evaluation classifier's probabilities (not Inception-v3's).
@@ -167,8 +168,10 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         dataset: reference data: a name (``"fashion-mnist"``) or a ``TensorImageDataset``.
         metrics: a subset of :data:`METRICS` (list or comma-separated string).
         num_samples: images to generate (>= 2; KID and precision/recall need a few).
+        batch_size: images per pipeline call (results do not depend on it).
         sampler, num_inference_steps, guidance_scale: passed to the pipeline when not ``None``
-            (diffusion pipelines); other families take theirs through ``pipeline_kwargs``.
+            and its ``__call__`` takes them (diffusion pipelines; ignored for a GAN); other
+            families take theirs through ``pipeline_kwargs`` (e.g. ``{"truncation": 1.0}``).
         seed: image ``i`` uses ``torch.Generator().manual_seed(seed + i)``.
         feature_network: ``"classifier"`` (the shipped Fashion-MNIST classifier's 128-d
             penultimate features; default), ``"inception"`` (Inception-v3 pool features from
@@ -177,12 +180,16 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         classifier: the classifier for ``is`` / ``accuracy`` (default: the shipped one).
         reference_split, reference_num_samples: real split and its size (``None``: all of it;
             Fashion-MNIST test = 10,000).
+        dataset_root: folder of the dataset files (default: ``$FASHION_MNIST_DIR`` / Debian's).
         cache_dir: reference features and generated samples are cached here (``"default"``:
             :func:`default_cache_dir`; ``None``: no cache).
         cache_samples: also cache the generated images (``False``: only the reference
             features; e.g. evaluation during training, where the weights change every time).
         autocast_dtype: e.g. ``torch.bfloat16`` for sampling under autocast.
         accelerator: an ``accelerate.Accelerator``; generation is split across its processes.
+        progress: progress bar over the images.
+        shard_size: images per cached shard (the unit of resume and of the process split).
+        pipeline_kwargs: further arguments for the pipeline call (part of the cache key).
 
     Returns:
         A flat dict: the metric values (see :func:`compute_metrics`) and ``n``,
@@ -191,7 +198,8 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         ``eval_seconds`` (whole call), ``hardware`` (where the images were generated, from the
         shards), ``eval_hardware`` (this process), ``generated`` (images made in this call, the
         rest read from the sample cache), ``peak_memory_bytes``, ``sampler``, ``num_inference_steps``,
-        ``guidance_scale``, ``seed``, ``batch_size``, ``autocast_dtype``, ``hardware``, versions.
+        ``guidance_scale``, ``seed``, ``batch_size``, ``autocast_dtype``, ``device``,
+        ``versions``, ``pipeline_fingerprint`` (weights + configs) and ``sample_cache_key``.
 
     Raises:
         ValueError: unknown metric, ``num_samples`` < 2, accuracy asked of an unconditional
@@ -227,9 +235,12 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
                                   root=dataset_root, cache_dir=cache_dir)
 
     call_kwargs = dict(pipeline_kwargs or {})
+    params = inspect.signature(pipeline.__call__).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     for name, value in (("sampler", sampler), ("num_inference_steps", num_inference_steps),
                         ("guidance_scale", guidance_scale)):
-        if value is not None:
+        # Diffusion settings reach only pipelines whose call takes them (a GAN has no sampler).
+        if value is not None and (takes_any or name in params):
             call_kwargs[name] = value
     sample_cache = None if cache_dir is None or not cache_samples else Path(cache_dir) / "samples"
     fake, logits, labels = [], [], []
@@ -251,6 +262,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         where = str(shard["hardware"]) if "hardware" in shard else "not recorded"
         hardware[where] = hardware.get(where, 0) + len(images)
 
+    settings = sample_settings(pipeline, call_kwargs, seed, shard_size, autocast_dtype)
     result = compute_metrics(torch.cat(fake) if fake else None, real,
                              torch.cat(logits) if logits else None,
                              torch.cat(labels) if labels else None, metrics, seed=seed)
@@ -278,7 +290,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
                            for h, n in hardware.items()),
         eval_hardware=hardware_description(device),
         versions=f"torch {torch.__version__}, diffusers {diffusers.__version__}",
-        sample_settings_fingerprint=sample_settings(pipeline, call_kwargs, seed, shard_size,
-                                                    autocast_dtype)["fingerprint"][:16],
+        pipeline_fingerprint=settings["fingerprint"][:16],
+        sample_cache_key=settings_key(settings),
     )
     return result

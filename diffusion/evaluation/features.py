@@ -311,12 +311,14 @@ def _trained_image_size(folder: Path) -> Optional[int]:
 
 
 def _inception_missing_message(weights_path) -> str:
-    where = "no weights_path given" if weights_path is None else f"no file at {weights_path}"
+    where = ("no weights file given (inception_weights= / --inception-weights)"
+             if weights_path is None else f"no file at {weights_path}")
     return (f"Inception-v3 FID weights: {where}. Expected torch-fidelity's {INCEPTION_WEIGHTS_FILE} "
             f"(the FID Inception of Heusel et al. 2017, TF graph 2015-12-05, ported to PyTorch). "
             f"Nothing is downloaded here: fetch {INCEPTION_WEIGHTS_URL} on a machine with internet "
             f"access, copy it over and pass its path. Without it, use the classifier features "
-            f"(get_feature_network('classifier')).")
+            f"(feature_network='classifier', the default; on the command line drop --features "
+            f"inception).")
 
 
 class InceptionFeatures(FeatureNetwork):

@@ -94,8 +94,9 @@ def hardware_description(device: Optional[torch.device] = None) -> str:
 
 def pipeline_fingerprint(pipe) -> str:
     """sha256 (hex) over the pipeline class, every torch component's state dict (names, dtypes,
-    shapes, bytes) and every component's config; two pipelines with equal fingerprints generate
-    the same images."""
+    shapes, bytes) and every component's config (without ``_``-keys such as ``_name_or_path``,
+    so the key does not depend on where the model folder is); two pipelines with equal
+    fingerprints generate the same images."""
     h = hashlib.sha256(type(pipe).__name__.encode())
     for name, component in sorted(pipe.components.items()):
         h.update(name.encode())
@@ -103,10 +104,13 @@ def pipeline_fingerprint(pipe) -> str:
             for key, value in component.state_dict().items():
                 t = value.detach().cpu().contiguous()
                 h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
         config = getattr(component, "config", None)
         if config is not None:
-            h.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+            # Keys starting with "_" (e.g. _name_or_path: where it was loaded from) are not part
+            # of the model: the same weights moved or cloned elsewhere keep their cache.
+            h.update(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")},
+                                sort_keys=True, default=str).encode())
         elif component is not None and not isinstance(component, torch.nn.Module):
             h.update(json.dumps(component, sort_keys=True, default=str).encode())
     return h.hexdigest()

@@ -57,7 +57,9 @@ def sweep_plan(pipeline, samplers: Sequence[str], steps: Optional[Sequence[int]]
 def sweep(pipeline, samplers: Sequence[str], steps: Optional[Sequence[int]] = None,
           nfe: Optional[Sequence[int]] = None, reference: Optional[tuple[str, int]] = None,
           progress: bool = True, **evaluate_kwargs) -> list[dict]:
-    """Evaluate ``pipeline`` for each (sampler, steps) of :func:`sweep_plan`, plus an optional
+    """Evaluate ``pipeline`` for each (sampler, steps) of :func:`sweep_plan` (an NFE budget maps
+    to the largest step count whose NFE fits it: heun at budget 4 runs 2 steps = NFE 3), plus an
+    optional
     ``reference`` ``(sampler, steps)`` row (e.g. ``("ddpm", 250)``) flagged ``reference=True``.
 
     ``evaluate_kwargs`` go to :func:`~diffusion.evaluation.evaluate` (``num_samples``,
@@ -79,7 +81,7 @@ def sweep(pipeline, samplers: Sequence[str], steps: Optional[Sequence[int]] = No
         row["reference"] = reference is not None and i == len(plan) - 1
         rows.append(row)
         if progress:
-            print(f"{name:16s} steps={n:4d} NFE={row['nfe']:4d} " +
+            print(f"{name:16s} steps={n:4d} NFE={row['nfe']:4d} n={row['n']} " +
                   " ".join(f"{m}={row[m]:.4g}" for m in ("fid", "kid", "precision", "recall",
                                                           "accuracy") if m in row) +
                   f" s/img={row['seconds_per_image']:.4f}", flush=True)

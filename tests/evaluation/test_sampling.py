@@ -126,3 +126,14 @@ def test_bad_arguments_raise_before_any_generation(pipe, kwargs, match):
     with forward_spy(pipe.unet) as calls, pytest.raises(ValueError, match=match):
         list(iter_sample_shards(pipe, **kwargs, **KW))
     assert calls == []
+
+
+def test_fingerprint_does_not_depend_on_where_the_model_was_loaded_from(pipe, tmp_path):
+    from diffusion.pipeline import DiffusionImagePipeline
+
+    for folder in ("a", "b/c"):
+        pipe.save_pretrained(tmp_path / folder)
+    a = DiffusionImagePipeline.from_pretrained(tmp_path / "a")
+    b = DiffusionImagePipeline.from_pretrained(tmp_path / "b" / "c")
+    assert a.unet.config._name_or_path != b.unet.config._name_or_path
+    assert pipeline_fingerprint(a) == pipeline_fingerprint(b) == pipeline_fingerprint(pipe)
