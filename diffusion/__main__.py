@@ -34,10 +34,13 @@ def _slug(name: str) -> str:
 
 
 def cmd_generate(args) -> int:
+    import inspect
+
     import torch
     from torchvision.utils import make_grid, save_image
 
-    from diffusion import DiffusionImagePipeline, default_model_path
+    from diffusion import default_model_path
+    from diffusion.loading import load_pipeline
     from samplers import list_samplers
 
     if args.sampler is not None and args.sampler not in list_samplers():
@@ -54,9 +57,18 @@ def cmd_generate(args) -> int:
 
         diffusers_logging.disable_progress_bar()
     start = time.time()
-    pipe = DiffusionImagePipeline.from_pretrained(model)
-    pipe.to(args.device)
-    pipe.set_progress_bar_config(disable=args.quiet)
+    try:
+        pipe = load_pipeline(model, device=args.device, quiet=args.quiet)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    # Family-specific options go only to pipelines whose call takes them (a GAN has no sampler).
+    accepted = set(inspect.signature(pipe.__call__).parameters)
+    options = {k: v for k, v in (("num_inference_steps", args.steps),
+                                 ("guidance_scale", args.guidance_scale), ("eta", args.eta),
+                                 ("sampler", args.sampler), ("truncation", args.truncation))
+               if k in accepted}
+    if args.truncation is not None and "truncation" not in accepted:
+        raise SystemExit(f"error: --truncation is for GAN pipelines; {type(pipe).__name__} has none")
     try:
         classes = _parse_classes(args.classes, pipe)
     except ValueError as e:
@@ -74,8 +86,7 @@ def cmd_generate(args) -> int:
         try:
             out = pipe(class_labels=batch_labels,
                        num_images_per_prompt=1 if labels is not None else chunk.stop - chunk.start,
-                       num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                       eta=args.eta, sampler=args.sampler, output_type="pt",
+                       output_type="pt", **options,
                        generator=[torch.Generator().manual_seed(s) for s in seeds[chunk]])
         except ValueError as e:
             raise SystemExit(f"error: {e}")
@@ -100,9 +111,12 @@ def cmd_generate(args) -> int:
                 stem = f"image_{seeds[i]:06d}"
             save_image(img, out_dir / f"{stem}.png")
         print(f"wrote {len(images)} PNG files to {out_dir}")
-    sampler = args.sampler or type(pipe.scheduler).__name__
-    print(f"sampler={sampler} steps={args.steps} NFE={nfe} guidance_scale="
-          f"{args.guidance_scale} seed={args.seed} time={time.time() - start:.1f}s")
+    if "num_inference_steps" in options:
+        sampler = args.sampler or type(pipe.scheduler).__name__
+        print(f"sampler={sampler} steps={args.steps} NFE={nfe} guidance_scale="
+              f"{args.guidance_scale} seed={args.seed} time={time.time() - start:.1f}s")
+    else:
+        print(f"{type(pipe).__name__} NFE={nfe} seed={args.seed} time={time.time() - start:.1f}s")
     return 0
 
 
@@ -190,7 +204,7 @@ def _eval_kwargs(args, accelerator) -> dict:
                 progress=not args.quiet, shard_size=args.shard_size)
 
 
-_TABLE = (("n", "{}"), ("nfe", "{}"), ("fid", "{:.3f}"), ("kid", "{:.5f}"), ("kid_std", "{:.5f}"),
+_TABLE = (("n", "{}"), ("generated", "{}"), ("nfe", "{}"), ("fid", "{:.3f}"), ("kid", "{:.5f}"), ("kid_std", "{:.5f}"),
           ("precision", "{:.3f}"), ("recall", "{:.3f}"), ("inception_score", "{:.3f}"),
           ("accuracy", "{:.4f}"), ("cas", "{:.4f}"), ("cas_real_accuracy", "{:.4f}"),
           ("cas_ratio", "{:.3f}"), ("seconds_per_image", "{:.4f}"),
@@ -218,7 +232,7 @@ def cmd_evaluate(args) -> int:
         raise SystemExit(f"error: {e}")
     if args.real:
         result["sampler"] = f"real images ({args.dataset} {args.real})"
-    if args.cas:
+    if args.cas and (accelerator is None or accelerator.is_main_process):
         from diffusion.evaluation.cas import classification_accuracy_score
         from diffusion.evaluation.sampling import generate_samples
 
@@ -311,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=float, default=2.0,
                    help="classifier-free guidance scale; 1 disables guidance (default 2.0)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    g.add_argument("--truncation", type=float, default=None,
+                   help="GAN pipelines: resample latent components beyond this (default: none)")
     g.add_argument("--seed", type=int, default=0, help="image i uses seed+i (default 0)")
     g.add_argument("--batch-size", type=int, default=100, help="images per forward batch")
     g.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -23,6 +23,7 @@ from typing import Optional, Union
 #: ``_class_name`` in ``model_index.json`` -> ``"module:Class"`` (imported on demand).
 PIPELINE_CLASSES: dict[str, str] = {
     "DiffusionImagePipeline": "diffusion.pipeline:DiffusionImagePipeline",
+    "GANPipeline": "diffusion.gan:GANPipeline",
 }
 
 

@@ -72,8 +72,27 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class GANConfig:
+    """GAN baseline - see :mod:`diffusion.gan` and :class:`training.objectives.GANObjective`."""
+
+    latent_dim: int = 64
+    generator_channels: Tuple[int, ...] = (128, 64)      # per stage; 28 = 7 * 2**len(...)
+    generator_layers_per_block: int = 1                  # 3x3 convs per generator stage
+    discriminator_channels: Tuple[int, ...] = (64, 128)  # per stride-2 stage
+    discriminator_layers_per_block: int = 1              # 3x3 convs after each downsampling
+    loss: str = "hinge"                # hinge | non_saturating
+    r1_gamma: float = 0.0              # R1 weight gamma (Mescheder et al. 2018); 0: off
+    r1_every: int = 16                 # lazy R1: every k steps, weighted by k (Karras et al. 2020)
+    diffaugment: str = ""              # comma list of color,translation,cutout (Zhao et al. 2020)
+    truncation: Optional[float] = None # latent truncation for the sample grids; None: off
+    generator_lr: Optional[float] = None      # None: train.learning_rate (TTUR: set both)
+    discriminator_lr: Optional[float] = None  # None: train.learning_rate
+    adam_betas: Tuple[float, float] = (0.0, 0.9)  # both networks' Adam betas (SAGAN / BigGAN)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "diffusion"       # diffusion | classifier (GAN / VQ-VAE / AR plug in here)
+    objective: str = "diffusion"       # diffusion | classifier | gan (VQ-VAE / AR plug in here)
     output_dir: str = "runs/fashion-mnist"
     seed: int = 0
     max_steps: int = 1000              # optimizer steps
@@ -107,13 +126,15 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
 
 
 _CHOICES = {
-    ("train", "objective"): ("diffusion", "classifier"),
+    ("train", "objective"): ("diffusion", "classifier", "gan"),
     ("train", "mixed_precision"): ("no", "bf16", "fp16"),
     ("diffusion", "beta_schedule"): ("linear", "cosine", "sigmoid"),
     ("diffusion", "prediction_type"): ("epsilon", "v_prediction", "sample"),
+    ("gan", "loss"): ("hinge", "non_saturating"),
 }
 
 
@@ -162,6 +183,16 @@ def load_config(path: Union[str, Path, None] = None,
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps"):
         if getattr(t, key) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    g = cfg.gan
+    if g.r1_every < 1 or g.r1_gamma < 0:
+        raise ValueError(f"gan.r1_every must be >= 1 and gan.r1_gamma >= 0, got {g.r1_every}, "
+                         f"{g.r1_gamma}")
+    policies = [p for p in g.diffaugment.split(",") if p]
+    unknown = sorted(set(policies) - {"color", "translation", "cutout"})
+    if unknown:
+        raise ValueError(f"gan.diffaugment may list color, translation, cutout; got {unknown}")
+    if len(g.adam_betas) != 2:
+        raise ValueError(f"gan.adam_betas must be two numbers, got {g.adam_betas}")
     return cfg
 
 

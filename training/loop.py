@@ -216,9 +216,11 @@ class Trainer:
                              f"{t.batch_size} per process x {acc.num_processes} processes")
 
         groups = self.objective.optimizer_groups()
+        settings = self.objective.optimizer_settings()  # per-group lr / betas (e.g. GAN TTUR)
         optimizers = {
-            name: torch.optim.AdamW(self.objective.modules[module].parameters(), lr=t.learning_rate,
-                                    betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
+            name: torch.optim.AdamW(self.objective.modules[module].parameters(),
+                                    **{"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2),
+                                       "weight_decay": t.weight_decay, **settings.get(name, {})})
             for name, module in groups.items()}
         # LR schedules step once per optimizer step, by us (not prepared: accelerate would step
         # them once per process).
@@ -314,8 +316,11 @@ class Trainer:
         acc, k = self.accelerator, self.cfg.gradient_accumulation_steps
         micro = [next(data) for _ in range(k)]
         logs: dict = {}
+        self.objective.step = self.state.step  # e.g. lazy regularisation every k steps
         for opt_name, module_name in self.groups.items():
             module = self.modules[module_name]
+            # Start from zero: another group's backward may have reached these parameters.
+            self.optimizers[opt_name].zero_grad(set_to_none=True)
             for j, batch in enumerate(micro):
                 with acc.no_sync(module) if j < k - 1 else nullcontext(), acc.autocast():
                     loss, items = self.objective.loss(opt_name, self.modules, batch, self.state.generator)

@@ -35,6 +35,8 @@ class Objective:
 
     #: names in ``modules`` whose weights get an EMA copy (used for samples and export)
     ema_modules: tuple = ("model",)
+    #: the optimizer step about to be taken (0-based); the loop sets it before each step's losses
+    step: int = 0
 
     def __init__(self, cfg: ExperimentConfig, num_classes: int, class_names=()):
         self.cfg, self.num_classes, self.class_names = cfg, num_classes, list(class_names)
@@ -43,6 +45,10 @@ class Objective:
     def optimizer_groups(self) -> Dict[str, str]:
         """optimizer name -> module name; optimizers step in this order on each batch."""
         return {"model": "model"}
+
+    def optimizer_settings(self) -> Dict[str, dict]:
+        """optimizer name -> AdamW keyword overrides (``lr``, ``betas``, ...) of ``cfg.train``'s."""
+        return {}
 
     def loss(self, optimizer: str, modules: Dict[str, nn.Module], batch, generator: torch.Generator):
         """``(loss, logs)`` for ``optimizer`` on one micro-batch; ``logs`` maps name -> float."""
@@ -206,7 +212,155 @@ class ClassifierObjective(Objective):
         modules["model"].save_pretrained(out_dir, safe_serialization=True)
 
 
-OBJECTIVES = {"diffusion": DiffusionObjective, "classifier": ClassifierObjective}
+# -- GAN -------------------------------------------------------------------------------------------
+
+def hinge_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """``E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]`` (Lim & Ye 2017; Miyato et al. 2018, eq. 16).
+    ``d_real``, ``d_fake``: logits ``(B,)``; returns a scalar."""
+    return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+
+
+def hinge_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """``-E[D(G(z))]`` (Miyato et al. 2018, eq. 17)."""
+    return -d_fake.mean()
+
+
+def ns_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """``-E[log sigmoid(D(x))] - E[log(1 - sigmoid(D(G(z))))]`` =
+    ``E[softplus(-D(x))] + E[softplus(D(G(z)))]`` (Goodfellow et al. 2014, eq. 1)."""
+    return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+
+
+def ns_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating ``-E[log sigmoid(D(G(z)))]`` = ``E[softplus(-D(G(z)))]`` (Goodfellow et al.
+    2014, sec. 3)."""
+    return F.softplus(-d_fake).mean()
+
+
+#: ``gan.loss`` -> (discriminator loss, generator loss)
+GAN_LOSSES = {"hinge": (hinge_d_loss, hinge_g_loss), "non_saturating": (ns_d_loss, ns_g_loss)}
+
+
+def r1_penalty(d_out_real: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """``E_x ||grad_x D(x)||^2`` over the batch (Mescheder et al. 2018, eq. 9, without the
+    ``gamma / 2``), differentiable (``create_graph=True``) so it can be minimised.
+
+    ``d_out_real``: logits ``(B,)`` computed from ``real_images`` ``(B, C, H, W)``, which must
+    require grad. Each logit must depend on its own image only (no batch statistics in ``D``).
+    """
+    (grad,) = torch.autograd.grad(d_out_real.sum(), real_images, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
+class GANObjective(Objective):
+    """Conditional GAN (:mod:`diffusion.gan`): the discriminator steps first, then the generator,
+    on each batch; fakes use the real batch's labels. Losses by ``gan.loss`` (hinge or
+    non-saturating); lazy R1 on reals every ``gan.r1_every`` steps with weight
+    ``gan.r1_gamma / 2 * r1_every`` (Karras et al. 2020, sec. 4 / App. B); optional DiffAugment
+    applied with the same per-row parameters to reals and fakes in the discriminator step and
+    freshly drawn in the generator step. Samples and export use the EMA generator.
+
+    The discriminator's parameters are frozen (``requires_grad=False``) during the generator's
+    loss, so its backward reaches the generator alone, and both networks run unwrapped there
+    where no gradient sync is wanted.
+    """
+
+    ema_modules = ("generator",)
+
+    def __init__(self, cfg, num_classes, class_names=()):
+        super().__init__(cfg, num_classes, class_names)
+        from diffusion.gan import ConditionalGenerator, ProjectionDiscriminator
+        from training.diffaugment import parse_policy
+
+        g, d = cfg.gan, cfg.data
+        self.modules["generator"] = ConditionalGenerator(
+            latent_dim=g.latent_dim, num_classes=num_classes, out_channels=d.channels,
+            image_size=d.image_size, channels=g.generator_channels,
+            layers_per_block=g.generator_layers_per_block)
+        self.modules["discriminator"] = ProjectionDiscriminator(
+            in_channels=d.channels, num_classes=num_classes, image_size=d.image_size,
+            channels=g.discriminator_channels, layers_per_block=g.discriminator_layers_per_block)
+        self.d_loss_fn, self.g_loss_fn = GAN_LOSSES[g.loss]
+        self.policy = parse_policy(g.diffaugment)
+
+    def optimizer_groups(self):
+        return {"discriminator": "discriminator", "generator": "generator"}
+
+    def optimizer_settings(self):
+        g, lr = self.cfg.gan, self.cfg.train.learning_rate
+        betas = tuple(float(b) for b in g.adam_betas)
+        return {"discriminator": {"lr": lr if g.discriminator_lr is None else g.discriminator_lr,
+                                  "betas": betas},
+                "generator": {"lr": lr if g.generator_lr is None else g.generator_lr, "betas": betas}}
+
+    def _augment(self, images, generator, params=None):
+        from training.diffaugment import diff_augment, sample_augment_params
+
+        if not self.policy:
+            return images, None
+        params = params or sample_augment_params(images.shape, self.policy, generator)
+        return diff_augment(images, params), params
+
+    def loss(self, optimizer, modules, batch, generator):
+        g = self.cfg.gan
+        x_real, labels = batch
+        b, device = x_real.shape[0], x_real.device
+        net_g, net_d = modules["generator"], modules["discriminator"]
+        plain_g, plain_d = getattr(net_g, "module", net_g), getattr(net_d, "module", net_d)
+        z = torch.randn(b, g.latent_dim, generator=generator).to(device, x_real.dtype)
+        if optimizer == "discriminator":
+            plain_d.requires_grad_(True)
+            with torch.no_grad():
+                x_fake = plain_g(z, labels)
+            # 1. Lazy R1 (gradient w.r.t. the un-augmented reals) on every r1_every-th step.
+            apply_r1 = g.r1_gamma > 0 and self.step % g.r1_every == 0
+            x_real = x_real.detach().requires_grad_(apply_r1)
+            real_in, params = self._augment(x_real, generator)
+            fake_in, _ = self._augment(x_fake, generator, params)
+            # 2. One forward over [reals; fakes] (D has no batch statistics).
+            d_real, d_fake = net_d(torch.cat([real_in, fake_in]), torch.cat([labels, labels])).chunk(2)
+            loss = self.d_loss_fn(d_real.float(), d_fake.float())
+            logs = {"d_loss": loss.item(), "d_real": d_real.mean().item(),
+                    "d_fake": d_fake.mean().item()}
+            if apply_r1:
+                r1 = r1_penalty(d_real, x_real)
+                loss = loss + 0.5 * g.r1_gamma * g.r1_every * r1
+                logs["r1"] = r1.item()
+            return loss, logs
+        if optimizer != "generator":
+            raise ValueError(f"unknown optimizer {optimizer!r}; known: discriminator, generator")
+        plain_d.requires_grad_(False)
+        x_fake, _ = self._augment(net_g(z, labels), generator)
+        d_fake = plain_d(x_fake, labels)
+        loss = self.g_loss_fn(d_fake.float())
+        return loss, {"g_loss": loss.item(), "d_fake": d_fake.mean().item()}
+
+    def pipeline(self, generator_model):
+        from diffusion.gan import GANPipeline
+
+        pipe = GANPipeline(generator_model=generator_model, class_names=self.class_names or None)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def evaluate(self, modules, generator):
+        """A grid: one row per class (up to 10 classes, 10 images each), EMA generator, eval
+        mode, truncation ``gan.truncation``."""
+        from torchvision.utils import make_grid
+
+        classes = list(range(min(self.num_classes, 10)))
+        n = 10
+        seeds = torch.randint(0, 2**31, (len(classes) * n,), generator=generator).tolist()
+        out = self.pipeline(modules["generator"])(
+            class_labels=classes, num_images_per_prompt=n, truncation=self.cfg.gan.truncation,
+            generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt")
+        return {}, make_grid(out.images, nrow=n, padding=1)
+
+    def export(self, modules, out_dir):
+        self.pipeline(modules["generator"]).save_pretrained(out_dir, safe_serialization=True)
+
+
+OBJECTIVES = {"diffusion": DiffusionObjective, "classifier": ClassifierObjective,
+              "gan": GANObjective}
 
 
 def build_objective(cfg: ExperimentConfig, num_classes: int, class_names=()) -> Objective:

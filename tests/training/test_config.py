@@ -82,7 +82,7 @@ def test_bad_yaml_raises_value_error(tmp_path, text):
 
 
 @pytest.mark.parametrize("override, allowed", [
-    ("train.objective=gan", "diffusion"),
+    ("train.objective=wgan", "diffusion"),
     ("train.mixed_precision=fp8", "bf16"),
     ("diffusion.beta_schedule=quadratic", "cosine"),
     ("diffusion.prediction_type=noise", "v_prediction"),

@@ -409,7 +409,7 @@ def test_print_config_round_trips(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--print-config", "train.max_stepz=5"], "max_stepz"),
-    (["--print-config", "train.objective=gan"], "gan"),
+    (["--print-config", "train.objective=wgan"], "wgan"),
     (["--config", "no/such.yaml", "--print-config"], "no/such.yaml"),
 ])
 def test_cli_errors_exit_2_with_message(argv, message, capsys):
