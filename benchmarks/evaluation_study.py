@@ -159,6 +159,11 @@ def write_page(configs: list[dict], cas: bool) -> None:
         out.append("## Every registered sampler at 20 NFE, n = 2,000\n\n"
                    "heun, kdpm2 and kdpm2-a make two network calls per step (10 steps = 19 NFE); "
                    "pndm one extra (19 steps = 20 NFE). CSV: `evaluation/all_samplers_nfe20.csv`.\n\n"
+                   "pndm's high FID is PLMS on the trailing schedule (every sampler here starts at "
+                   "t = 999), not our DDIM/PNDM step fix: at 20 steps, n = 500, our pndm equals "
+                   "diffusers' `PNDMScheduler` with trailing spacing exactly (FID 1.126), while "
+                   "diffusers' default leading spacing (first step at t = 951) gives 0.849 and "
+                   "ddim 0.755 (`python benchmarks/pndm_spacing.py`).\n\n"
                    + metric_table(sorted(rows, key=lambda r: r["fid"])) + "\n")
     sweep_rows = [dict(r) for r in rows_of("all") if r["sampler"] in STUDY_SAMPLERS] + \
         [dict(r) for r in rows_of("nfe")]
