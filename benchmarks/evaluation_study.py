@@ -4,7 +4,7 @@ Runs, in priority order, one ``diffusion.evaluation.evaluate`` per configuration
 result to ``docs/results/evaluation/runs/<name>.json`` as soon as it is done (a configuration whose
 JSON exists is skipped, so the study resumes across sessions even if the sample cache is lost):
 
-1. ``floor``: real training images vs the real test split, n = 10,000;
+1. ``floor``: real training images vs the real test split, n = 10,000 and 2,000;
 2. ``default``: dpmpp-2m at 20 NFE, n = 10,000, with CAS (``--cas``) on those images;
 3. every registered sampler at 20 NFE (second-order samplers: the largest step count with
    NFE <= 20), n = 2,000;
@@ -43,6 +43,7 @@ def study_configs(scheduler) -> list[dict]:
     from samplers import list_samplers, steps_for_nfe
 
     configs = [dict(part="floor", sampler=None, steps=None, n=10_000),
+               dict(part="floor", sampler=None, steps=None, n=2_000),
                dict(part="default", sampler="dpmpp-2m", steps=20, n=10_000)]
     for name in list_samplers():
         configs.append(dict(part="all", sampler=name, steps=steps_for_nfe(name, scheduler, 20),
@@ -137,7 +138,7 @@ def write_page(configs: list[dict], cas: bool) -> None:
            "within a table. See [the methodology](../evaluation.md).\n"]
     top = rows_of("floor") + rows_of("default")
     if top:
-        out.append("## The real-data floor and the default sampler, n = 10,000\n\n"
+        out.append("## The real-data floor (n = 10,000 and 2,000) and the default sampler\n\n"
                    + metric_table(top) + "\n"
                    + "\n".join(f"    {r['command']}" for r in top) + "\n")
     default = rows_of("default")
