@@ -231,7 +231,7 @@ def cmd_evaluate(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
     if args.real:
-        result["sampler"] = f"real images ({args.dataset} {args.real})"
+        result["sampler"] = f"real {args.real} images ({args.dataset}; floor)"
     if args.cas and (accelerator is None or accelerator.is_main_process):
         from diffusion.evaluation.cas import classification_accuracy_score
         from diffusion.evaluation.sampling import generate_samples
