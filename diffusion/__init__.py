@@ -13,10 +13,15 @@ def default_model_path() -> str:
     return str(WEIGHTS_DIR / "fashion-mnist-diffusion")
 
 
+def default_gan_path() -> str:
+    """Folder of the shipped class-conditional Fashion-MNIST GAN baseline (``GANPipeline``)."""
+    return str(WEIGHTS_DIR / "fashion-mnist-gan")
+
+
 def default_classifier_path() -> str:
     """Folder of the shipped Fashion-MNIST evaluation classifier."""
     return str(WEIGHTS_DIR / "fashion-mnist-classifier")
 
 
 __all__ = ["DiffusionImagePipeline", "GenerationOutput", "build_unet", "default_model_path",
-           "default_classifier_path", "WEIGHTS_DIR"]
+           "default_classifier_path", "default_gan_path", "WEIGHTS_DIR"]

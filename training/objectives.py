@@ -13,6 +13,7 @@ would have.
 from __future__ import annotations
 
 from pathlib import Path
+import logging
 from typing import Dict, Optional
 
 import torch
@@ -26,12 +27,18 @@ from diffusion.unet import build_unet
 from samplers.diffusion import build_sampler
 from training.config import ExperimentConfig
 
+logger = logging.getLogger(__name__)
+
 #: config name -> diffusers ``beta_schedule``
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "sigmoid": "sigmoid"}
 
 
 class Objective:
     """The seam between the loop and a model family. Subclasses set ``self.modules``."""
+
+    #: the loop's training set (:class:`training.data.TensorImageDataset`, images in [-1, 1]),
+    #: set by :class:`training.loop.Trainer`; for evaluations that compare with real images
+    train_data = None
 
     #: names in ``modules`` whose weights get an EMA copy (used for samples and export)
     ema_modules: tuple = ("model",)
@@ -252,6 +259,12 @@ def r1_penalty(d_out_real: torch.Tensor, real_images: torch.Tensor) -> torch.Ten
     return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
+#: collapse detector (GANObjective.diversity): generated images per class at each evaluation,
+#: and real training images per class behind the reference diversity (computed once per run)
+DIVERSITY_PER_CLASS = 50
+DIVERSITY_REAL_PER_CLASS = 500
+
+
 class GANObjective(Objective):
     """Conditional GAN (:mod:`diffusion.gan`): the discriminator steps first, then the generator,
     on each batch; fakes use the real batch's labels. Losses by ``gan.loss`` (hinge or
@@ -282,6 +295,8 @@ class GANObjective(Objective):
             channels=g.discriminator_channels, layers_per_block=g.discriminator_layers_per_block)
         self.d_loss_fn, self.g_loss_fn = GAN_LOSSES[g.loss]
         self.policy = parse_policy(g.diffaugment)
+        self._diversity_net = None      # ClassifierFeatures once loaded; False: detector off
+        self._real_diversity = None     # float64 (num_classes,), real per-class diversity
 
     def optimizer_groups(self):
         return {"discriminator": "discriminator", "generator": "generator"}
@@ -344,7 +359,8 @@ class GANObjective(Objective):
 
     def evaluate(self, modules, generator):
         """A grid: one row per class (up to 10 classes, 10 images each), EMA generator, eval
-        mode, truncation ``gan.truncation``."""
+        mode, truncation ``gan.truncation``; and the collapse detector's scalars
+        (:meth:`diversity`)."""
         from torchvision.utils import make_grid
 
         classes = list(range(min(self.num_classes, 10)))
@@ -353,7 +369,84 @@ class GANObjective(Objective):
         out = self.pipeline(modules["generator"])(
             class_labels=classes, num_images_per_prompt=n, truncation=self.cfg.gan.truncation,
             generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt")
-        return {}, make_grid(out.images, nrow=n, padding=1)
+        return self.diversity(modules["generator"], generator), make_grid(out.images, nrow=n, padding=1)
+
+    def _diversity_setup(self):
+        """Load the shipped classifier's features and the real per-class diversity, once per run
+        (``self._real_diversity``); ``None`` features (with one log line) when they do not apply."""
+        from diffusion.evaluation.diversity import class_diversity
+        from diffusion.evaluation.features import ClassifierFeatures
+        from training.data import load_dataset
+
+        d = self.cfg.data
+        try:
+            net = ClassifierFeatures()
+        except FileNotFoundError as err:
+            logger.info("collapse detector off: %s", err)
+            return None
+        size = None if net.image_size is None else tuple(net.image_size)
+        if d.channels not in net.in_channels or (size is not None and size != (d.image_size,) * 2) \
+                or self.num_classes is None or self.num_classes < 1:
+            logger.info("collapse detector off: %s takes %s-channel %s images of a class-conditional "
+                        "model; this run has %d-channel %dx%d images, num_classes=%s", net.name,
+                        "/".join(map(str, net.in_channels)), size, d.channels, d.image_size,
+                        d.image_size, self.num_classes)
+            return None
+        real = self.train_data
+        if real is None:
+            real = load_dataset(d.name, split=d.split, root=d.root, image_size=d.image_size,
+                                channels=d.channels)
+        perm = torch.randperm(len(real.labels), generator=torch.Generator().manual_seed(0))
+        labels = real.labels[perm]
+        counts = torch.bincount(real.labels, minlength=self.num_classes)
+        if (counts < 2).any():
+            logger.info("collapse detector off: classes %s have fewer than 2 real images",
+                        torch.nonzero(counts < 2).flatten().tolist())
+            return None
+        keep = torch.cat([perm[labels == k][:DIVERSITY_REAL_PER_CLASS]
+                          for k in range(self.num_classes)])
+        with torch.autocast("cpu", enabled=False):
+            feats = net((real.images[keep].float() + 1) / 2)      # [-1, 1] -> [0, 1]
+        self._real_diversity = class_diversity(feats, real.labels[keep], self.num_classes)
+        logger.info("collapse detector: %s features, real per-class diversity (n <= %d per class) "
+                    "%s", net.name, DIVERSITY_REAL_PER_CLASS,
+                    [round(v, 3) for v in self._real_diversity.tolist()])
+        return net
+
+    def diversity(self, generator_model, generator: torch.Generator) -> Dict[str, float]:
+        """Collapse detector: per-class diversity of ``DIVERSITY_PER_CLASS`` generated images
+        (untruncated) over that of real training images of the class, in the shipped classifier's
+        penultimate features (:func:`diffusion.evaluation.diversity.diversity_ratios`).
+
+        Returns ``{"diversity_ratio_min_n50": ..., "diversity_ratio_mean_n50": ...}`` (``n50``:
+        50 generated images per class) and logs a warning naming every class whose ratio is below
+        :data:`~diffusion.evaluation.diversity.COLLAPSE_THRESHOLD` (0.5). Returns ``{}`` when the
+        images do not fit the classifier (not 28x28 grayscale) or it is missing (logged once).
+        """
+        from diffusion.evaluation.diversity import COLLAPSE_THRESHOLD, class_diversity, collapsed_classes
+
+        if self._diversity_net is False:
+            return {}
+        if self._diversity_net is None:
+            self._diversity_net = self._diversity_setup() or False
+            if self._diversity_net is False:
+                return {}
+        net, n = self._diversity_net, DIVERSITY_PER_CLASS
+        classes = list(range(self.num_classes))
+        seeds = torch.randint(0, 2**31, (len(classes) * n,), generator=generator).tolist()
+        images = self.pipeline(generator_model)(
+            class_labels=classes, num_images_per_prompt=n, output_type="pt",
+            generator=[torch.Generator().manual_seed(s) for s in seeds]).images  # (K*n, C, H, W)
+        labels = torch.arange(len(classes)).repeat_interleave(n)
+        with torch.autocast("cpu", enabled=False):
+            fake = class_diversity(net(images.float().to(net.device)), labels, self.num_classes)
+        ratios = fake / self._real_diversity
+        for k in collapsed_classes(ratios, COLLAPSE_THRESHOLD):
+            name = self.class_names[k] if k < len(self.class_names) else str(k)
+            logger.warning("possible mode collapse in class %d (%s): diversity ratio %.3f < %.2f "
+                           "(generated vs real, n=%d)", k, name, ratios[k].item(), COLLAPSE_THRESHOLD, n)
+        return {f"diversity_ratio_min_n{n}": ratios.min().item(),
+                f"diversity_ratio_mean_n{n}": ratios.mean().item()}
 
     def export(self, modules, out_dir):
         self.pipeline(modules["generator"]).save_pretrained(out_dir, safe_serialization=True)

@@ -312,7 +312,8 @@ def test_bad_gan_config_is_rejected(override, message):
 def test_shipped_gan_config_loads():
     cfg = load_config(Path(__file__).resolve().parents[2] / "training" / "configs" / "fashion_mnist_gan.yaml")
     assert cfg.train.objective == "gan" and cfg.gan.loss == "hinge"
-    assert (cfg.gan.generator_lr, cfg.gan.discriminator_lr) == (1e-4, 4e-4)
+    assert (cfg.gan.generator_lr, cfg.gan.discriminator_lr) == (2e-4, 2e-4)
+    assert (cfg.train.max_steps, cfg.train.sample_every) == (6000, 250)   # the shipped run
 
 
 # -- training through the one loop ------------------------------------------------------------------
