@@ -156,6 +156,13 @@ def plot_sweep(rows: Sequence[dict], out_dir: Union[str, Path], metric: str = "f
                 ax.axhline(r[metric], color="gray", linestyle="--",
                            label=f"{r['sampler']} {r['num_inference_steps']} steps (reference)")
         ax.set_xscale("log")
+        values = [r[metric] for r in rows if r[metric] > 0]
+        if values and max(values) / min(values) > 20:  # one bad point would flatten the rest
+            ax.set_yscale("log")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 5, 10, 20 rather than 5x10^0
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(x_label)
         ax.set_ylabel(metric.upper() if metric in ("fid", "kid") else metric)
         ax.set_title(subtitle, fontsize=8)
