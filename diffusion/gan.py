@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from diffusion.pipeline import (OUTPUT_TYPES, DiffusionImagePipeline, GenerationOutput,
-                                normalize_class_labels, to_output)
+                                check_generators_and_latents, normalize_class_labels, to_output)
 
 #: smallest latent truncation threshold accepted (rejection resampling needs ~1 / P(|z| < t)
 #: rounds: about 125 at t = 0.01)
@@ -257,12 +257,8 @@ class GANPipeline(DiffusionPipeline):
         if labels is not None:
             labels = labels.repeat_interleave(num_images_per_prompt)
         batch = num_images_per_prompt if labels is None else len(labels)
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for {batch} images "
-                             f"(len(class_labels) * num_images_per_prompt); pass one per image")
-        shape = (batch, self.generator_model.config.latent_dim)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        check_generators_and_latents(generator, latents, batch,
+                                     (batch, self.generator_model.config.latent_dim))
         return labels
 
     @torch.no_grad()

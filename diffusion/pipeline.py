@@ -97,6 +97,20 @@ def normalize_class_labels(class_labels, num_classes: Optional[int]) -> Optional
     return labels
 
 
+def check_generators_and_latents(generator, latents, batch: int, shape: tuple) -> None:
+    """Shared by every pipeline's ``check_inputs``: one generator per image when a list is given,
+    and ``latents`` of exactly ``shape``.
+
+    Raises:
+        ValueError: a generator list whose length is not ``batch``, or latents of another shape.
+    """
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ValueError(f"got {len(generator)} generators for {batch} images "
+                         f"(len(class_labels) * num_images_per_prompt); pass one per image")
+    if latents is not None and tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+
+
 class DiffusionImagePipeline(DiffusionPipeline):
     """Class-conditional (or unconditional) image diffusion with classifier-free guidance.
 
@@ -176,12 +190,8 @@ class DiffusionImagePipeline(DiffusionPipeline):
         if labels is not None:
             labels = labels.repeat_interleave(num_images_per_prompt)
         batch = num_images_per_prompt if labels is None else len(labels)
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for {batch} images "
-                             f"(len(class_labels) * num_images_per_prompt); pass one per image")
-        shape = (batch, self.unet.config.in_channels, height, width)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        check_generators_and_latents(generator, latents, batch,
+                                     (batch, self.unet.config.in_channels, height, width))
         return labels
 
     @torch.no_grad()
