@@ -158,3 +158,20 @@ def tiny_pipe() -> DiffusionImagePipeline:
 def stub_pipe() -> DiffusionImagePipeline:
     """Pipeline over :class:`StubUNet` and :class:`StubScheduler` (3 classes, 1x8x8)."""
     return make_pipe(StubUNet(), StubScheduler())
+
+
+@pytest.fixture
+def fresh_accelerate_state(monkeypatch):
+    """accelerate keeps process-wide singletons (mixed precision, gradient state); start and leave
+    each test with none, as accelerate's own ``AccelerateTestCase`` does, so an in-process Trainer
+    here cannot clash with another test's Accelerator settings. CPU even where a GPU is visible:
+    the tests' tolerances are for fp32 CPU arithmetic (cuDNN would use TF32 convolutions)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

@@ -329,16 +329,8 @@ GAN_TINY = ("train.objective=gan", f"gan.latent_dim={LATENT}", "gan.generator_ch
 
 
 @pytest.fixture(autouse=True)
-def fresh_accelerate_state(monkeypatch):
-    """No accelerate singletons leak between tests; CPU fp32 (see tests/training/test_loop.py)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+def _fresh_accelerate(fresh_accelerate_state):
+    """No accelerate singletons leak between tests (fixture in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

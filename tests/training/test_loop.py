@@ -29,21 +29,8 @@ from training_helpers import REPO, TINY, free_port, make_fashion_root, run_pytho
 QUICK_YAML = REPO / "training" / "configs" / "fashion_mnist_quick.yaml"
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state(monkeypatch):
-    """accelerate keeps process-wide singletons (mixed precision, gradient state); start and leave
-    each test with none, as accelerate's own ``AccelerateTestCase`` does, so an in-process Trainer
-    here cannot clash with another test's Accelerator settings. CPU even where a GPU is visible:
-    the tolerances below are for fp32 CPU arithmetic (cuDNN would use TF32 convolutions)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+# Every test here starts and ends with no accelerate singletons (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
