@@ -228,4 +228,6 @@ def test_two_processes_split_the_generation_and_agree_with_one(tmp_path):
                    num_inference_steps=2, guidance_scale=2.0, reference_num_samples=100,
                    cache_dir=cache, progress=False)
     assert one["generated"] == 0 and two["generated"] == 40
-    assert one["fid"] == pytest.approx(two["fid"], abs=1e-9) and one["accuracy"] == two["accuracy"]
+    # Same images (the shards are bytes on disk); features are recomputed here with another
+    # thread count, so float sums differ in the last bits (seen: 2e-10 relative on CI).
+    assert one["fid"] == pytest.approx(two["fid"], rel=1e-6) and one["accuracy"] == two["accuracy"]
