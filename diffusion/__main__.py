@@ -63,12 +63,14 @@ def cmd_generate(args) -> int:
         raise SystemExit(f"error: {e}")
     # Family-specific options go only to pipelines whose call takes them (a GAN has no sampler).
     accepted = set(inspect.signature(pipe.__call__).parameters)
+    _default_guidance(pipe, args)
     options = {k: v for k, v in (("num_inference_steps", args.steps),
                                  ("guidance_scale", args.guidance_scale), ("eta", args.eta),
                                  ("sampler", args.sampler), ("truncation", args.truncation))
-               if k in accepted}
+               if k in accepted and v is not None}
     if args.truncation is not None and "truncation" not in accepted:
         raise SystemExit(f"error: --truncation is for GAN pipelines; {type(pipe).__name__} has none")
+    options.update(_decoding_options(pipe, args))
     try:
         classes = _parse_classes(args.classes, pipe)
     except ValueError as e:
@@ -120,13 +122,54 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of autoregressive (VQ-VAE + prior) pipelines; unset ones take the model's saved
+    decoding setting."""
+    p.add_argument("--temperature", type=float, default=None,
+                   help="AR pipelines: softmax temperature (0 = greedy; default: the model's)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="AR pipelines: keep the k most likely tokens (0 = off; default: the model's)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="AR pipelines: nucleus threshold in (0, 1] (1 = off; default: the model's)")
+    p.add_argument("--num-beams", type=int, default=None,
+                   help="AR pipelines: beam search with this many beams (deterministic)")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="AR pipelines: recompute every token each step (same tokens, slower)")
+
+
+def _decoding_options(pipe, args) -> dict:
+    """The AR decoding options given on the command line, checked against ``pipe``'s call."""
+    import inspect
+
+    given = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
+                               ("top_p", args.top_p), ("num_beams", args.num_beams),
+                               ("use_cache", False if args.no_kv_cache else None))
+             if v is not None}
+    accepted = set(inspect.signature(pipe.__call__).parameters)
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise SystemExit(f"error: {', '.join('--' + k.replace('_', '-') for k in unknown)} "
+                         f"apply to autoregressive pipelines; {type(pipe).__name__} has none")
+    return given
+
+
+def _default_guidance(pipe, args) -> None:
+    """``--guidance-scale`` left unset: 2.0 for diffusion pipelines (the shipped model's setting);
+    others keep ``None`` (an AR pipeline then uses its saved decoding setting)."""
+    import inspect
+
+    if args.guidance_scale is None and "num_inference_steps" in inspect.signature(pipe.__call__).parameters:
+        args.guidance_scale = 2.0
+
+
 def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST model")
     p.add_argument("--metrics", default="fid,kid,precision,recall,is,accuracy",
                    help="comma-separated subset of fid,kid,precision,recall,is,accuracy")
     p.add_argument("--num-samples", type=int, default=2000, help="images to generate (default 2000)")
-    p.add_argument("--guidance-scale", type=float, default=2.0, help="guidance scale (default 2.0)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="guidance scale (default: 2.0 for diffusion; the saved setting for AR)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i, class i %% K (default 0)")
     p.add_argument("--batch-size", type=int, default=250, help="images per pipeline call")
     p.add_argument("--features", default="classifier", choices=["classifier", "inception"],
@@ -150,6 +193,7 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true", help="sample under bfloat16 autocast")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_decoding_arguments(p)
 
 
 def _eval_setup(args):
@@ -187,7 +231,10 @@ def _eval_setup(args):
                              quiet=args.quiet)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
-    return pipe, accelerator, _eval_kwargs(args, accelerator)
+    _default_guidance(pipe, args)
+    kwargs = _eval_kwargs(args, accelerator)
+    kwargs["pipeline_kwargs"] = _decoding_options(pipe, args) or None
+    return pipe, accelerator, kwargs
 
 
 def _eval_kwargs(args, accelerator) -> dict:
@@ -233,13 +280,18 @@ def cmd_evaluate(args) -> int:
     if args.real:
         result["sampler"] = f"real {args.real} images ({args.dataset}; floor)"
     if args.cas and (accelerator is None or accelerator.is_main_process):
+        import inspect
+
         from diffusion.evaluation.cas import classification_accuracy_score
         from diffusion.evaluation.sampling import generate_samples
 
+        accepted = set(inspect.signature(pipe.__call__).parameters)  # as evaluate() passes them
+
         run = generate_samples(pipe, args.num_samples, seed=args.seed, batch_size=args.batch_size,
                                call_kwargs={k: v for k, v in dict(
-                                   call, guidance_scale=kwargs["guidance_scale"]).items()
-                                   if v is not None},
+                                   call, guidance_scale=kwargs["guidance_scale"],
+                                   **(kwargs["pipeline_kwargs"] or {})).items()
+                                   if v is not None and k in accepted},
                                cache_dir=None if kwargs["cache_dir"] is None else
                                _sample_cache(kwargs["cache_dir"]),
                                autocast_dtype=kwargs["autocast_dtype"], progress=not args.quiet,
@@ -322,8 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", default="dpmpp-2m",
                    help="sampler name (see `python -m diffusion samplers`); default dpmpp-2m")
     g.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
-    g.add_argument("--guidance-scale", type=float, default=2.0,
-                   help="classifier-free guidance scale; 1 disables guidance (default 2.0)")
+    g.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale; 1 disables guidance (default 2.0 for "
+                        "diffusion; AR: the model's saved setting)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
     g.add_argument("--truncation", type=float, default=None,
                    help="GAN pipelines: resample latent components beyond this (default: none)")
@@ -333,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="samples/grid.png", help="grid PNG path ('' to skip)")
     g.add_argument("--out-dir", default=None, help="also write one PNG per image here")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_decoding_arguments(g)
     g.set_defaults(func=cmd_generate)
     e = sub.add_parser("evaluate", help="FID, KID, precision/recall, IS, accuracy (and CAS)",
                        description="Generate --num-samples images and score them against a real "

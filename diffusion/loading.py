@@ -24,6 +24,7 @@ from typing import Optional, Union
 PIPELINE_CLASSES: dict[str, str] = {
     "DiffusionImagePipeline": "diffusion.pipeline:DiffusionImagePipeline",
     "GANPipeline": "diffusion.gan:GANPipeline",
+    "AutoregressivePipeline": "diffusion.autoregressive:AutoregressivePipeline",
 }
 
 

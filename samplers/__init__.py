@@ -1,4 +1,4 @@
-"""How to draw from a learned distribution: diffusion samplers by name (and, later, token decoding)."""
+"""How to draw from a learned distribution: diffusion samplers by name, and token decoding."""
 
 from samplers.diffusion import (
     DEFAULT_SAMPLER,
@@ -13,7 +13,23 @@ from samplers.diffusion import (
     steps_for_nfe,
     training_schedule,
 )
+from samplers.decoding import (
+    DecodeOutput,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TokenModel,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    build_logits_processors,
+    classifier_free_guidance,
+    decode,
+    reorder_cache,
+)
 
 __all__ = ["DEFAULT_SAMPLER", "PREDICTION_TYPES", "SamplerSpec", "build_sampler",
            "check_prediction_type", "list_samplers", "nfe_for_steps", "register_sampler",
-           "sampler_spec", "steps_for_nfe", "training_schedule"]
+           "sampler_spec", "steps_for_nfe", "training_schedule",
+           # token decoding (samplers/decoding.py)
+           "DecodeOutput", "LogitsProcessorList", "TemperatureLogitsWarper", "TokenModel",
+           "TopKLogitsWarper", "TopPLogitsWarper", "build_logits_processors",
+           "classifier_free_guidance", "decode", "reorder_cache"]

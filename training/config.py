@@ -91,8 +91,41 @@ class GANConfig:
 
 
 @dataclass(frozen=True)
+class VQVAEConfig:
+    """VQ-VAE tokenizer (stage 1 of the autoregressive baseline) - see :class:`diffusion.vqvae.VQVAE`."""
+
+    channels: Tuple[int, ...] = (32, 64)   # per stride-2 stage; 28 -> 7x7 tokens with two
+    num_res_blocks: int = 1
+    codebook_size: int = 256
+    codebook_dim: int = 32
+    commitment_weight: float = 0.25    # beta of ||z_e - sg(e)||^2 (van den Oord et al. 2017, eq. 3)
+    ema_decay: float = 0.99            # EMA codebook updates (ibid., App. A.1)
+    threshold_ema_dead_code: int = 2   # restart codes whose EMA usage falls below this
+    kmeans_init: bool = True           # codebook from k-means of the first batch
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Transformer prior over VQ-VAE tokens (stage 2) - see :class:`diffusion.autoregressive.TransformerPrior`."""
+
+    vqvae_path: Optional[str] = None   # folder of the frozen stage-1 VQ-VAE (its export, or a
+                                       # pipeline's vqvae/ subfolder); required
+    d_model: int = 256
+    num_layers: int = 6
+    num_heads: int = 8
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    cond_drop_prob: float = 0.1        # P(label -> null class), enables guidance
+    temperature: float = 1.0           # sample grids and evaluation during training
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    guidance_scale: float = 1.0
+    eval_num_samples: int = 200        # accuracy of this many samples by the shipped classifier
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "diffusion"       # diffusion | classifier | gan (VQ-VAE / AR plug in here)
+    objective: str = "diffusion"       # diffusion | classifier | gan | vqvae | prior
     output_dir: str = "runs/fashion-mnist"
     seed: int = 0
     max_steps: int = 1000              # optimizer steps
@@ -127,10 +160,12 @@ class ExperimentConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     gan: GANConfig = field(default_factory=GANConfig)
+    vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
 
 _CHOICES = {
-    ("train", "objective"): ("diffusion", "classifier", "gan"),
+    ("train", "objective"): ("diffusion", "classifier", "gan", "vqvae", "prior"),
     ("train", "mixed_precision"): ("no", "bf16", "fp16"),
     ("diffusion", "beta_schedule"): ("linear", "cosine", "sigmoid"),
     ("diffusion", "prediction_type"): ("epsilon", "v_prediction", "sample"),
@@ -193,6 +228,14 @@ def load_config(path: Union[str, Path, None] = None,
         raise ValueError(f"gan.diffaugment may list color, translation, cutout; got {unknown}")
     if len(g.adam_betas) != 2:
         raise ValueError(f"gan.adam_betas must be two numbers, got {g.adam_betas}")
+    p = cfg.prior
+    if not 0 <= p.cond_drop_prob <= 1 or not 0 <= p.dropout < 1:
+        raise ValueError(f"prior.cond_drop_prob must be in [0, 1] and prior.dropout in [0, 1), got "
+                         f"{p.cond_drop_prob}, {p.dropout}")
+    if cfg.train.objective == "prior" and not p.vqvae_path:
+        raise ValueError("train.objective=prior needs prior.vqvae_path: the folder of a trained "
+                         "VQ-VAE (train one with train.objective=vqvae; its export is "
+                         "<output_dir>/final)")
     return cfg
 
 

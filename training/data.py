@@ -100,6 +100,28 @@ class TensorImageDataset(Dataset):
         return TensorImageDataset(self.images[idx], self.labels[idx], self.class_names)
 
 
+class TokenDataset(Dataset):
+    """Token sequences held in memory: int64 ``(N, L)`` with int64 labels (a tokenised image
+    dataset for the autoregressive prior; see :meth:`training.ar_objectives.PriorObjective.prepare_dataset`)."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]):
+        if tokens.ndim != 2 or len(tokens) != len(labels) or tokens.dtype != torch.long:
+            raise ValueError(f"tokens must be int64 (N, L) with N == len(labels); got "
+                             f"{tokens.dtype} {tuple(tokens.shape)} and {len(labels)} labels")
+        self.tokens, self.labels = tokens, labels.long()
+        self.class_names = list(class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.tokens[i], int(self.labels[i])
+
+
 def fashion_mnist(split: str = "train", root: Optional[str] = None,
                   download: bool = False) -> TensorImageDataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 train / 10,000 test grayscale 28x28 images, 10 classes.

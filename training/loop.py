@@ -209,6 +209,7 @@ class Trainer:
             self.dataset_description = f"in-memory ({len(self.dataset)} images)"
         self.objective = build_objective(cfg, self.dataset.num_classes, self.dataset.class_names)
         self.objective.train_data = self.dataset  # real images for evaluations (GAN collapse check)
+        self.dataset = self.objective.prepare_dataset(self.dataset)  # e.g. tokens for the AR prior
         self.sampler = EpochSampler(len(self.dataset), t.seed)
         loader = DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
                             drop_last=True, num_workers=t.num_workers)

@@ -49,6 +49,11 @@ class Objective:
         self.cfg, self.num_classes, self.class_names = cfg, num_classes, list(class_names)
         self.modules: Dict[str, nn.Module] = {}
 
+    def prepare_dataset(self, dataset):
+        """The dataset the loop trains on, made from the loaded one (default: unchanged; the AR
+        prior tokenises it once)."""
+        return dataset
+
     def optimizer_groups(self) -> Dict[str, str]:
         """optimizer name -> module name; optimizers step in this order on each batch."""
         return {"model": "model"}
@@ -452,12 +457,21 @@ class GANObjective(Objective):
         self.pipeline(modules["generator"]).save_pretrained(out_dir, safe_serialization=True)
 
 
+#: objective name -> class, or ``"module:Class"`` imported on first use (the autoregressive
+#: family's objectives live in their own module, which imports :class:`Objective` from here).
 OBJECTIVES = {"diffusion": DiffusionObjective, "classifier": ClassifierObjective,
-              "gan": GANObjective}
+              "gan": GANObjective, "vqvae": "training.ar_objectives:VQVAEObjective",
+              "prior": "training.ar_objectives:PriorObjective"}
 
 
 def build_objective(cfg: ExperimentConfig, num_classes: int, class_names=()) -> Objective:
     """The objective named by ``cfg.train.objective``; raises ``ValueError`` for unknown names."""
     if cfg.train.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {cfg.train.objective!r}; known: {sorted(OBJECTIVES)}")
-    return OBJECTIVES[cfg.train.objective](cfg, num_classes, class_names)
+    cls = OBJECTIVES[cfg.train.objective]
+    if isinstance(cls, str):
+        import importlib
+
+        module, name = cls.split(":")
+        cls = getattr(importlib.import_module(module), name)
+    return cls(cfg, num_classes, class_names)

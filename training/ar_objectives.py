@@ -1,0 +1,182 @@
+"""Objectives of the autoregressive baseline: stage 1 VQ-VAE tokenizer, stage 2 transformer prior.
+
+Both run through the one loop of :mod:`training.loop` (``train.objective=vqvae`` / ``prior``):
+
+1. :class:`VQVAEObjective`: reconstruction MSE + the quantizer's commitment loss (the codebook is
+   updated by EMA inside :class:`vector_quantize_pytorch.VectorQuantize`, not by the optimizer;
+   van den Oord et al. 2017, eq. 3 and App. A.1). Evaluation: MSE / PSNR on ``data.eval_split``
+   and codebook usage over that *whole split* (not a batch's perplexity), plus a grid of
+   originals over reconstructions. Export: the VQ-VAE (``save_pretrained``).
+2. :class:`PriorObjective`: the frozen VQ-VAE at ``prior.vqvae_path`` tokenises the training set
+   once (:meth:`PriorObjective.prepare_dataset`), then the prior learns next-token cross-entropy
+   with the class replaced by the null class with probability ``prior.cond_drop_prob``.
+   Evaluation: a grid per class and the shipped classifier's accuracy on ``prior.eval_num_samples``
+   samples. Export: the :class:`~diffusion.autoregressive.AutoregressivePipeline` (VQ-VAE + prior).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+from training.data import TokenDataset
+from training.objectives import Objective
+
+logger = logging.getLogger(__name__)
+
+
+def _grid_labels(num_classes, n: int = 10):
+    return list(range(min(num_classes or 1, 10))), n
+
+
+class VQVAEObjective(Objective):
+    """Stage 1: train :class:`diffusion.vqvae.VQVAE` on images in [-1, 1].
+
+    Loss: ``mean((x_hat - x)^2) + commit_loss`` (the commitment term is weighted inside the
+    quantizer by ``vqvae.commitment_weight``). No EMA of the weights: the codebook already is an
+    EMA, and an EMA copy of the encoder would not match it (set ``train.use_ema: false``).
+    """
+
+    ema_modules = ()
+
+    def __init__(self, cfg, num_classes, class_names=()):
+        super().__init__(cfg, num_classes, class_names)
+        from diffusion.vqvae import VQVAE
+
+        v, d = cfg.vqvae, cfg.data
+        self.modules["model"] = VQVAE(
+            in_channels=d.channels, image_size=d.image_size, channels=tuple(v.channels),
+            num_res_blocks=v.num_res_blocks, codebook_size=v.codebook_size,
+            codebook_dim=v.codebook_dim, commitment_weight=v.commitment_weight,
+            ema_decay=v.ema_decay, threshold_ema_dead_code=v.threshold_ema_dead_code,
+            kmeans_init=v.kmeans_init)
+        self._eval_images = None
+
+    def loss(self, optimizer, modules, batch, generator):
+        x, _ = batch
+        out = modules["model"](x)
+        mse = F.mse_loss(out.sample.float(), x.float())
+        commit = out.commit_loss.float()
+        return mse + commit, {"mse": mse.item(), "commit": commit.item()}
+
+    def evaluate(self, modules, generator):
+        """MSE and PSNR (on the [0, 1] scale) and codebook usage over all of ``data.eval_split``
+        (:func:`diffusion.vqvae.reconstruction_metrics`); a grid with 10 originals (top row) over
+        their reconstructions."""
+        from torchvision.utils import make_grid
+
+        from diffusion.vqvae import reconstruction_metrics
+        from training.data import load_dataset
+
+        model = modules["model"]
+        d = self.cfg.data
+        if self._eval_images is None:
+            self._eval_images = load_dataset(d.name, split=d.eval_split, root=d.root,
+                                             image_size=d.image_size, channels=d.channels).images
+        x = self._eval_images.to(model.device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.autocast(model.device.type, enabled=False):
+                m = reconstruction_metrics(model, x)
+                originals = x[:10]
+                recon = model.decode_tokens(model.tokenize(originals))
+        finally:
+            model.train(was_training)
+        grid = make_grid(torch.cat([originals, recon]).float().cpu() / 2 + 0.5, nrow=10, padding=1)
+        return dict(m), grid
+
+    def export(self, modules, out_dir):
+        modules["model"].save_pretrained(out_dir, safe_serialization=True)
+
+
+class PriorObjective(Objective):
+    """Stage 2: train :class:`diffusion.autoregressive.TransformerPrior` on the tokens of the
+    frozen VQ-VAE at ``prior.vqvae_path``."""
+
+    def __init__(self, cfg, num_classes, class_names=()):
+        super().__init__(cfg, num_classes, class_names)
+        from diffusion.autoregressive import TransformerPrior
+        from diffusion.vqvae import VQVAE
+
+        p, d = cfg.prior, cfg.data
+        self.vqvae = VQVAE.from_pretrained(p.vqvae_path).eval().requires_grad_(False)
+        v = self.vqvae
+        if (v.config.in_channels, v.config.image_size) != (d.channels, d.image_size):
+            raise ValueError(f"the VQ-VAE at {p.vqvae_path!r} takes {v.config.in_channels}-channel "
+                             f"{v.config.image_size}px images; data has {d.channels} channels, "
+                             f"{d.image_size}px")
+        self.modules["model"] = TransformerPrior(
+            vocab_size=v.config.codebook_size, num_positions=v.num_tokens,
+            num_classes=num_classes or None, d_model=p.d_model, num_layers=p.num_layers,
+            num_heads=p.num_heads, mlp_ratio=p.mlp_ratio, dropout=p.dropout)
+
+    def prepare_dataset(self, dataset):
+        """Tokenise ``dataset`` (images in [-1, 1]) once with the frozen VQ-VAE, fp32, 1,000 images
+        per batch; returns a :class:`training.data.TokenDataset` with the same labels."""
+        start = time.time()
+        tokens = torch.cat([self.vqvae.tokenize(dataset.images[i:i + 1000].float())
+                            for i in range(0, len(dataset), 1000)])
+        logger.info("tokenised %d images to %s tokens each in %.1f s", len(dataset),
+                    "x".join(map(str, self.vqvae.token_grid)), time.time() - start)
+        return TokenDataset(tokens, dataset.labels, dataset.class_names)
+
+    def loss(self, optimizer, modules, batch, generator):
+        tokens, labels = batch
+        prior = modules["model"]
+        plain = getattr(prior, "module", prior)
+        if plain.num_classes is not None:
+            drop = torch.rand(labels.shape, generator=generator) < self.cfg.prior.cond_drop_prob
+            labels = torch.where(drop.to(labels.device), torch.full_like(labels, plain.num_classes),
+                                 labels)
+        else:
+            labels = None
+        # Through the (possibly DDP-wrapped) module's forward, so gradients synchronise.
+        seq = torch.cat([plain.prefix_ids(labels, tokens.shape[0]).to(tokens.device), tokens], 1)
+        logits, _ = prior(seq[:, :-1], use_cache=False)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+        return loss, {"loss": loss.item(), "bits_per_token": loss.item() / 0.6931471805599453}
+
+    def pipeline(self, prior):
+        from diffusion.autoregressive import AutoregressivePipeline
+
+        p = self.cfg.prior
+        pipe = AutoregressivePipeline(
+            vqvae=self.vqvae.to(prior.device), prior=prior, class_names=self.class_names or None,
+            decoding={"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p,
+                      "guidance_scale": p.guidance_scale})
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def evaluate(self, modules, generator):
+        """A grid (one row per class, up to 10 x 10) at the config's decoding settings, and the
+        shipped classifier's accuracy on ``prior.eval_num_samples`` samples (if it fits the data)."""
+        from torchvision.utils import make_grid
+
+        prior = modules["model"]
+        pipe = self.pipeline(prior)
+        classes, n = _grid_labels(self.num_classes)
+        seeds = torch.randint(0, 2**31, (len(classes) * n,), generator=generator).tolist()
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        if self.num_classes:
+            out = pipe(class_labels=classes, num_images_per_prompt=n, generator=gens, output_type="pt")
+        else:
+            out = pipe(num_images_per_prompt=len(gens), generator=gens, output_type="pt")
+        scalars = {}
+        k = self.cfg.prior.eval_num_samples
+        if k > 0 and self.num_classes and (self.cfg.data.channels, self.cfg.data.image_size) == (1, 28):
+            from diffusion.evaluation import evaluate
+
+            try:
+                r = evaluate(pipe, metrics="accuracy", num_samples=k, batch_size=min(k, 250),
+                             seed=0, cache_samples=False, progress=False)
+                scalars[f"accuracy_n{k}"] = r["accuracy"]
+            except FileNotFoundError as err:  # no shipped classifier in this install
+                logger.info("accuracy skipped: %s", err)
+        return scalars, make_grid(out.images, nrow=n, padding=1)
+
+    def export(self, modules, out_dir):
+        self.pipeline(modules["model"]).save_pretrained(out_dir, safe_serialization=True)
