@@ -18,10 +18,15 @@ def default_gan_path() -> str:
     return str(WEIGHTS_DIR / "fashion-mnist-gan")
 
 
+def default_ar_path() -> str:
+    """Folder of the shipped Fashion-MNIST VQ-VAE + transformer prior (``AutoregressivePipeline``)."""
+    return str(WEIGHTS_DIR / "fashion-mnist-ar")
+
+
 def default_classifier_path() -> str:
     """Folder of the shipped Fashion-MNIST evaluation classifier."""
     return str(WEIGHTS_DIR / "fashion-mnist-classifier")
 
 
 __all__ = ["DiffusionImagePipeline", "GenerationOutput", "build_unet", "default_model_path",
-           "default_classifier_path", "default_gan_path", "WEIGHTS_DIR"]
+           "default_classifier_path", "default_gan_path", "default_ar_path", "WEIGHTS_DIR"]

@@ -53,6 +53,9 @@ from torch import nn
 
 from diffusion.pipeline import (OUTPUT_TYPES, DiffusionImagePipeline, GenerationOutput,
                                 normalize_class_labels, to_output)
+# Imported here so that diffusers' from_pretrained finds the saved "diffusion.vqvae" component
+# class (it only loads from modules already imported).
+from diffusion.vqvae import VQVAE
 
 #: decoding settings of a pipeline without a saved ``decoding`` config (plain ancestral sampling)
 DEFAULT_DECODING = {"temperature": 1.0, "top_k": None, "top_p": None, "guidance_scale": 1.0}
@@ -235,7 +238,7 @@ class AutoregressivePipeline(DiffusionPipeline):
     model_cpu_offload_seq = "prior->vqvae"
     class_id = DiffusionImagePipeline.class_id  # id or (case-insensitive) name -> id
 
-    def __init__(self, vqvae, prior: TransformerPrior, class_names: Optional[List[str]] = None,
+    def __init__(self, vqvae: VQVAE, prior: TransformerPrior, class_names: Optional[List[str]] = None,
                  decoding: Optional[dict] = None):
         super().__init__()
         if prior.config.vocab_size != vqvae.config.codebook_size:

@@ -198,3 +198,19 @@ def test_evaluate_scores_an_ar_pipeline_and_ignores_diffusion_settings(tmp_path)
                  num_inference_steps=5, seed=0, cache_dir=tmp_path, progress=False,
                  pipeline_kwargs={"top_k": 4})
     assert r["n"] == 12 and 0 <= r["accuracy"] <= 1 and r["nfe"] == 49
+
+
+def test_a_fresh_process_loads_a_saved_pipeline_by_folder(tmp_path):
+    """diffusers loads saved components only from imported modules: the pipeline's module must
+    import the VQ-VAE's, so ``load_pipeline`` works in a process that imported nothing else."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tiny_pipe().save_pretrained(tmp_path / "ar", safe_serialization=True)
+    code = ("from diffusion.loading import load_pipeline; "
+            f"p = load_pipeline({str(tmp_path / 'ar')!r}, quiet=True); print(type(p.vqvae).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "VQVAE"
