@@ -28,6 +28,12 @@ from training.objectives import Objective
 logger = logging.getLogger(__name__)
 
 
+def _num_processes() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _grid_labels(num_classes, n: int = 10):
     return list(range(min(num_classes or 1, 10))), n
 
@@ -54,13 +60,29 @@ class VQVAEObjective(Objective):
             ema_decay=v.ema_decay, threshold_ema_dead_code=v.threshold_ema_dead_code,
             kmeans_init=v.kmeans_init)
         self._eval_images = None
+        self._epoch_counts = torch.zeros(v.codebook_size, dtype=torch.long)  # codes this epoch
+        self._epoch_seen = 0
 
     def loss(self, optimizer, modules, batch, generator):
+        """Reconstruction MSE + commitment; once per epoch of training images (this process's
+        share) also ``codebook_used_epoch`` / ``codebook_fraction_epoch``: the codes the training
+        batches of that whole epoch were assigned to (not one batch's perplexity)."""
         x, _ = batch
         out = modules["model"](x)
         mse = F.mse_loss(out.sample.float(), x.float())
         commit = out.commit_loss.float()
-        return mse + commit, {"mse": mse.item(), "commit": commit.item()}
+        logs = {"mse": mse.item(), "commit": commit.item()}
+        self._epoch_counts += torch.bincount(out.indices.flatten().cpu(),
+                                             minlength=len(self._epoch_counts))
+        self._epoch_seen += len(x)
+        epoch = len(self.train_data) if self.train_data is not None else None
+        if epoch and self._epoch_seen * _num_processes() >= epoch:
+            used = int((self._epoch_counts > 0).sum())
+            logs.update(codebook_used_epoch=used,
+                        codebook_fraction_epoch=used / len(self._epoch_counts))
+            self._epoch_counts.zero_()
+            self._epoch_seen = 0
+        return mse + commit, logs
 
     def evaluate(self, modules, generator):
         """MSE and PSNR (on the [0, 1] scale) and codebook usage over all of ``data.eval_split``

@@ -141,3 +141,27 @@ def test_shipped_ar_configs_load():
     prior = load_config(configs / "fashion_mnist_prior.yaml")
     assert vq.train.objective == "vqvae" and not vq.train.use_ema
     assert prior.train.objective == "prior" and prior.prior.vqvae_path
+
+
+def test_vqvae_logs_codebook_usage_once_per_epoch_of_training_batches(dataset, tmp_path):
+    """48 images at batch 8: the usage over the epoch's 6 batches is logged at every 6th step,
+    and equals the codes of those batches' indices."""
+    trainer = Trainer(load_config(None, [*VQ_TINY, f"train.output_dir={tmp_path}",
+                                         "train.max_steps=12"]), dataset=dataset)
+    model = trainer.modules["model"]
+    seen, real = [], model.forward
+
+    def spy(x):
+        out = real(x)
+        seen.append(out.indices.flatten())
+        return out
+
+    model.forward = spy
+    data = iter([b for _ in range(3) for b in trainer.loader])
+    logs = [trainer.train_step(data) for _ in range(12)]
+    assert [i for i, l in enumerate(logs) if "codebook_used_epoch" in l] == [5, 11]
+    for end in (6, 12):
+        used = len(torch.cat(seen[end - 6:end]).unique())
+        assert logs[end - 1]["codebook_used_epoch"] == used
+        assert logs[end - 1]["codebook_fraction_epoch"] == used / 16
+
