@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion import (WEIGHTS_DIR, DiffusionImagePipeline, default_classifier_path, default_gan_path,
-                       default_model_path)
+from diffusion import (WEIGHTS_DIR, DiffusionImagePipeline, default_ar_path, default_classifier_path,
+                       default_gan_path, default_model_path)
 from diffusion.metrics import conditional_accuracy, load_classifier
 from samplers import list_samplers
 
-SHIPPED = [Path(default_model_path()), Path(default_classifier_path()), Path(default_gan_path())]
+SHIPPED = [Path(default_model_path()), Path(default_classifier_path()), Path(default_gan_path()),
+           Path(default_ar_path())]
 
 
 def test_shipped_weights_are_safetensors_under_20_mb_with_model_cards():
