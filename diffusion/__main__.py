@@ -49,7 +49,7 @@ def cmd_generate(args) -> int:
     if not Path(model).is_dir():
         raise SystemExit(f"error: model folder {model!r} does not exist (train one with "
                          f"`python -m training --config ...`; its pipeline is in <output_dir>/final)")
-    if not (Path(model) / "model_index.json").is_file():
+    if not (Path(model) / "model_index.json").is_file() and not (Path(model) / "config.json").is_file():
         raise SystemExit(f"error: {model!r} is not a saved pipeline (no model_index.json); "
                          f"use the folder written by save_pretrained, e.g. <output_dir>/final")
     if args.quiet:
@@ -59,7 +59,7 @@ def cmd_generate(args) -> int:
     start = time.time()
     try:
         pipe = load_pipeline(model, device=args.device, quiet=args.quiet)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
     # Family-specific options go only to pipelines whose call takes them (a GAN has no sampler).
     accepted = set(inspect.signature(pipe.__call__).parameters)
@@ -118,7 +118,12 @@ def cmd_generate(args) -> int:
         print(f"sampler={sampler} steps={args.steps} NFE={nfe} guidance_scale="
               f"{args.guidance_scale} seed={args.seed} time={time.time() - start:.1f}s")
     else:
-        print(f"{type(pipe).__name__} NFE={nfe} seed={args.seed} time={time.time() - start:.1f}s")
+        decoding = ""
+        if hasattr(pipe, "decoding_settings"):  # the setting actually used (saved + flags)
+            decoding = " " + " ".join(f"{k}={v}" for k, v in pipe.decoding_settings(
+                **{k: v for k, v in options.items() if k != "use_cache"}).items())
+        print(f"{type(pipe).__name__} NFE={nfe}{decoding} seed={args.seed} "
+              f"time={time.time() - start:.1f}s")
     return 0
 
 
@@ -148,8 +153,8 @@ def _decoding_options(pipe, args) -> dict:
     accepted = set(inspect.signature(pipe.__call__).parameters)
     unknown = sorted(set(given) - accepted)
     if unknown:
-        raise SystemExit(f"error: {', '.join('--' + k.replace('_', '-') for k in unknown)} "
-                         f"apply to autoregressive pipelines; {type(pipe).__name__} has none")
+        raise SystemExit(f"error: {', '.join('--' + k.replace('_', '-') for k in unknown)}: only "
+                         f"autoregressive pipelines take this; {type(pipe).__name__} does not")
     return given
 
 
@@ -302,9 +307,17 @@ def cmd_evaluate(args) -> int:
                       cas_ratio=cas["ratio"], cas_details=cas)
     if accelerator is not None and not accelerator.is_main_process:
         return 0
-    print(f"{result['pipeline']} sampler={result['sampler']} steps={result['num_inference_steps']} "
-          f"guidance_scale={result['guidance_scale']} seed={result['seed']} "
-          f"dtype={result['autocast_dtype'] or 'float32'}")
+    if hasattr(pipe, "decoding_settings"):  # AR: record the decoding setting actually used
+        used = dict(kwargs["pipeline_kwargs"] or {}, guidance_scale=kwargs["guidance_scale"])
+        used.pop("use_cache", None)
+        result["decoding"] = pipe.decoding_settings(**used)
+        result["guidance_scale"] = result["decoding"]["guidance_scale"]
+        print(f"{result['pipeline']} " + " ".join(f"{k}={v}" for k, v in result["decoding"].items())
+              + f" seed={result['seed']} dtype={result['autocast_dtype'] or 'float32'}")
+    else:
+        print(f"{result['pipeline']} sampler={result['sampler']} steps={result['num_inference_steps']} "
+              f"guidance_scale={result['guidance_scale']} seed={result['seed']} "
+              f"dtype={result['autocast_dtype'] or 'float32'}")
     _print_table(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,13 @@ def load_pipeline(path: Union[str, Path], device: Optional[str] = None, quiet: b
                                 f"`python -m training --config ...`; its pipeline is in "
                                 f"<output_dir>/final)")
     index = path / "model_index.json"
+    config = path / "config.json"
+    if not index.is_file() and config.is_file() and \
+            json.loads(config.read_text()).get("_class_name") == "VQVAE":
+        raise FileNotFoundError(f"{str(path)!r} holds a VQ-VAE tokenizer alone (stage 1 of the "
+                                f"autoregressive baseline), which cannot generate: train a prior on "
+                                f"it (train.objective=prior prior.vqvae_path={path}) and load that "
+                                f"run's <output_dir>/final")
     if not index.is_file():
         raise FileNotFoundError(f"{str(path)!r} is not a saved pipeline (no model_index.json); use "
                                 f"the folder written by save_pretrained, e.g. <output_dir>/final")

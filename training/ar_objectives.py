@@ -28,6 +28,27 @@ from training.objectives import Objective
 logger = logging.getLogger(__name__)
 
 
+def resolve_vqvae_path(path) -> str:
+    """The folder of a saved VQ-VAE: ``path`` itself (a stage-1 export, ``<output_dir>/final``) or
+    the ``vqvae/`` subfolder of a saved :class:`~diffusion.autoregressive.AutoregressivePipeline`
+    (e.g. the shipped ``diffusion/weights/fashion-mnist-ar``, to reuse its tokenizer).
+
+    Raises:
+        FileNotFoundError: neither exists (the message says how to make one).
+    """
+    from pathlib import Path
+
+    folder = Path(path)
+    for candidate in (folder, folder / "vqvae"):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"prior.vqvae_path={str(path)!r} holds no saved VQ-VAE (no config.json there or in its vqvae/ "
+        f"subfolder). Train stage 1 first (python -m training --config "
+        f"training/configs/fashion_mnist_vqvae.yaml; its export is <output_dir>/final), or reuse the "
+        f"shipped tokenizer: prior.vqvae_path=diffusion/weights/fashion-mnist-ar")
+
+
 def _num_processes() -> int:
     import torch.distributed as dist
 
@@ -125,7 +146,7 @@ class PriorObjective(Objective):
         from diffusion.vqvae import VQVAE
 
         p, d = cfg.prior, cfg.data
-        self.vqvae = VQVAE.from_pretrained(p.vqvae_path).eval().requires_grad_(False)
+        self.vqvae = VQVAE.from_pretrained(resolve_vqvae_path(p.vqvae_path)).eval().requires_grad_(False)
         v = self.vqvae
         if (v.config.in_channels, v.config.image_size) != (d.channels, d.image_size):
             raise ValueError(f"the VQ-VAE at {p.vqvae_path!r} takes {v.config.in_channels}-channel "

@@ -214,3 +214,16 @@ def test_a_fresh_process_loads_a_saved_pipeline_by_folder(tmp_path):
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "VQVAE"
+
+
+def test_cli_evaluate_records_the_decoding_setting_actually_used(tmp_path, capsys):
+    from diffusion.__main__ import main
+
+    tiny_pipe(decoding={"guidance_scale": 1.5}).save_pretrained(tmp_path / "ar", safe_serialization=True)
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--model", str(tmp_path / "ar"), "--metrics", "accuracy",
+                 "--num-samples", "6", "--batch-size", "6", "--top-k", "4", "--no-cache",
+                 "--quiet", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["decoding"] == {"temperature": 1.0, "top_k": 4, "top_p": None, "guidance_scale": 1.5}
+    assert r["guidance_scale"] == 1.5 and "top_k=4" in capsys.readouterr().out

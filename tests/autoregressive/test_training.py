@@ -165,3 +165,24 @@ def test_vqvae_logs_codebook_usage_once_per_epoch_of_training_batches(dataset, t
         assert logs[end - 1]["codebook_used_epoch"] == used
         assert logs[end - 1]["codebook_fraction_epoch"] == used / 16
 
+
+
+def test_vqvae_path_accepts_a_pipeline_folder_and_explains_a_missing_one(vqvae_dir, tmp_path):
+    from training.ar_objectives import resolve_vqvae_path
+
+    assert resolve_vqvae_path(vqvae_dir) == str(vqvae_dir)
+    pipe_dir = tmp_path / "pipe"
+    (pipe_dir / "vqvae").mkdir(parents=True)
+    (pipe_dir / "vqvae" / "config.json").write_text("{}")
+    assert resolve_vqvae_path(pipe_dir) == str(pipe_dir / "vqvae")
+    with pytest.raises(FileNotFoundError, match="Train stage 1 first"):
+        resolve_vqvae_path(tmp_path / "nowhere")
+
+
+def test_a_vqvae_folder_alone_is_a_clear_error_when_loaded_as_a_pipeline(vqvae_dir):
+    from diffusion.__main__ import main
+
+    with pytest.raises(FileNotFoundError, match="VQ-VAE tokenizer alone"):
+        load_pipeline(vqvae_dir)
+    with pytest.raises(SystemExit, match="train a prior on it"):
+        main(["generate", "--model", str(vqvae_dir), "--quiet"])
