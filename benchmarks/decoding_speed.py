@@ -138,7 +138,9 @@ def main(argv=None) -> int:
 
     kv196 = next(r for r in rows if r["kind"] == "kv-cache" and r["tokens"] == 196)
     verdict = "met" if kv196["speedup"] >= TARGET_SPEEDUP_196 else "NOT met"
-    hardware = f"{torch.get_num_threads()} torch threads, {sys.platform}"
+    from diffusion.hardware import hardware_description
+
+    hardware = hardware_description("cpu")
     lines = ["# Decoding speed: KV-cache and beam search", "",
              f"`python benchmarks/decoding_speed.py --batch {args.batch} --repeats {args.repeats}` "
              f"({hardware}; greedy, fp32, batch {args.batch}, medians of {args.repeats} alternating "

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import time
@@ -43,6 +42,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from training.config import ExperimentConfig, to_flat_dict, to_yaml
+from diffusion.hardware import hardware_description
 from training.data import TensorImageDataset, load_dataset
 from training.objectives import build_objective
 
@@ -138,13 +138,6 @@ def _cpu_only_multiprocess() -> bool:
     else:
         has_accelerator = torch.cuda.is_available()
     return not has_accelerator and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def hardware_description() -> str:
-    """E.g. ``"2 CPU cores (x86_64)"`` or ``"1x NVIDIA H200"``."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    return f"{os.cpu_count()} CPU cores ({platform.machine()})"
 
 
 def _batches(loader, sampler: EpochSampler, state: TrainState, accelerator) -> Iterator:
@@ -399,7 +392,7 @@ class Trainer:
             "epochs": round(self.state.step * self.cfg.batch_size * self.cfg.gradient_accumulation_steps
                             * self.accelerator.num_processes / len(self.dataset), 3),
             "train_seconds": round(self.state.train_seconds, 1),
-            "hardware": hardware_description(),
+            "hardware": hardware_description(self.accelerator.device),
             "num_processes": self.accelerator.num_processes,
             "mixed_precision": self.cfg.mixed_precision,
             "parameters": sum(p.numel() for m in self.modules.values() for p in m.parameters()),

@@ -27,8 +27,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
-from diffusion.evaluation.sampling import (hardware_description, iter_sample_shards,
-                                           peak_memory_bytes, sample_settings, settings_key)
+from diffusion.evaluation.sampling import (iter_sample_shards, peak_memory_bytes, sample_settings,
+                                           settings_key)
+from diffusion.hardware import hardware_description
 
 #: Every metric :func:`evaluate` knows. ``is`` is the Inception-Score-style score computed from the
 #: evaluation classifier's probabilities (not Inception-v3's).

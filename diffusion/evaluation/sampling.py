@@ -44,6 +44,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
+from diffusion.hardware import hardware_description
 
 SCHEME_VERSION = 1  # bump when the image -> (class, seed) assignment changes
 
@@ -80,16 +81,6 @@ def peak_memory_bytes(device: Optional[torch.device] = None) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def hardware_description(device: Optional[torch.device] = None) -> str:
-    """E.g. ``"cpu: 2 cores (x86_64), torch threads 2"`` or ``"cuda: NVIDIA H200"``."""
-    import platform
-
-    if device is not None and torch.device(device).type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return (f"cpu: {os.cpu_count()} cores ({platform.machine()}), "
-            f"torch threads {torch.get_num_threads()}")
 
 
 def pipeline_fingerprint(pipe) -> str:
