@@ -1,17 +1,22 @@
 """The diffusion pipeline: a U-Net noise predictor + a scheduler, denoising from Gaussian noise.
 
 Classifier-free guidance (Ho & Salimans 2022, eq. 6): the model output is
-``uncond + guidance_scale * (cond - uncond)``; conditional and null-class rows share one batched
+``uncond + guidance_scale * (cond - uncond)``; conditional and null rows share one batched
 forward, and ``guidance_scale == 1`` runs one (conditional) forward only. The combination is
 applied to whatever the network predicts (epsilon, v or x0), which are affine in each other
 given ``x_t``.
+
+Conditions: class labels (null row = the null class ``num_classes``) and/or text prompts read by
+a ``UNet2DConditionModel``'s cross-attention (null row = the empty prompt ``""``, or
+``negative_prompt`` when given). Prompts are encoded once per call, not once per step.
 
 Example::
 
     >>> from diffusion import DiffusionImagePipeline, default_model_path
     >>> pipe = DiffusionImagePipeline.from_pretrained(default_model_path())  # doctest: +SKIP
     >>> out = pipe(class_labels=[0, 7], num_images_per_prompt=2, num_inference_steps=20,
-    ...            sampler="dpmpp-2m", generator=[torch.Generator().manual_seed(i) for i in range(4)])
+    ...            sampler="dpmpp-2m",
+    ...            generator=[torch.Generator().manual_seed(i) for i in range(4)])  # doctest: +SKIP
     >>> out.images[0].size, out.nfe                                      # doctest: +SKIP
     ((28, 28), 20)
 """
@@ -27,7 +32,8 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from diffusion.unet import check_image_size, num_classes_of
+from diffusion.conditioning import NULL_PROMPT, PromptEmbeddingCache, check_cross_attention_dim
+from diffusion.unet import check_image_size, cross_attention_dim_of, num_classes_of
 from samplers.diffusion import build_sampler, list_samplers
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -97,6 +103,28 @@ def normalize_class_labels(class_labels, num_classes: Optional[int]) -> Optional
     return labels
 
 
+def normalize_prompts(prompt, name: str = "prompt") -> Optional[List[str]]:
+    """``None``, a str, or a non-empty list/tuple of str -> list of str (or ``None``).
+
+    Raises:
+        ValueError: any other type, an empty list, or a non-str item (``""`` is the null prompt).
+    """
+    if prompt is None:
+        return None
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, (list, tuple)):
+        raise ValueError(f"{name} must be a str or a list of str, got {type(prompt).__name__} "
+                         f"({prompt!r})")
+    if not prompt:
+        raise ValueError(f"{name} is an empty list; give a str or a non-empty list of str")
+    bad = [(i, p) for i, p in enumerate(prompt) if not isinstance(p, str)]
+    if bad:
+        raise ValueError(f"{name} must hold only str; {name}[{bad[0][0]}] is {bad[0][1]!r} "
+                         f"(use '' for the null prompt)")
+    return list(prompt)
+
+
 def check_generators_and_latents(generator, latents, batch: int, shape: tuple) -> None:
     """Shared by every pipeline's ``check_inputs``: one generator per image when a list is given,
     and ``latents`` of exactly ``shape``.
@@ -106,24 +134,67 @@ def check_generators_and_latents(generator, latents, batch: int, shape: tuple) -
     """
     if isinstance(generator, list) and len(generator) != batch:
         raise ValueError(f"got {len(generator)} generators for {batch} images "
-                         f"(len(class_labels) * num_images_per_prompt); pass one per image")
+                         f"(len(class_labels or prompt) * num_images_per_prompt); "
+                         f"pass one per image")
     if latents is not None and tuple(latents.shape) != tuple(shape):
         raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
 
 
 class DiffusionImagePipeline(DiffusionPipeline):
-    """Class-conditional (or unconditional) image diffusion with classifier-free guidance.
+    """Class- and/or text-conditional (or unconditional) image diffusion with classifier-free
+    guidance.
 
-    Components: ``unet`` (diffusers ``UNet2DModel``, class table of ``num_classes + 1`` rows, the
-    last being the null class) and ``scheduler`` (any diffusers scheduler; it also carries the
-    training noise schedule from which named samplers are built).
+    Components: ``unet`` (diffusers ``UNet2DModel``, or ``UNet2DConditionModel`` for text; an
+    optional class table of ``num_classes + 1`` rows, the last being the null class),
+    ``scheduler`` (any diffusers scheduler; it also carries the training noise schedule from which
+    named samplers are built), and for a U-Net with cross-attention a frozen ``text_encoder``
+    (transformers model, eval mode, hidden size = ``unet.config.cross_attention_dim``) with its
+    ``tokenizer`` (see :mod:`diffusion.conditioning`). All round-trip with ``save_pretrained``.
+
+    Raises:
+        ValueError: a cross-attention U-Net without ``text_encoder``/``tokenizer``, an encoder whose
+            hidden size is not the U-Net's ``cross_attention_dim`` (both numbers in the message),
+            text components for a U-Net without cross-attention, or ``class_names`` of the wrong
+            length.
+
+    Example (text; a tiny random encoder and U-Net, as the tests use)::
+
+        >>> from diffusers import DDPMScheduler
+        >>> from diffusion.conditioning import build_tiny_text_encoder, load_tokenizer
+        >>> from diffusion.unet import build_unet
+        >>> tokenizer = load_tokenizer()
+        >>> unet = build_unet(sample_size=8, block_out_channels=(8, 16), attention_levels=(1,),
+        ...                   norm_num_groups=4, attention_head_dim=8, num_classes=None,
+        ...                   cross_attention_dim=32)
+        >>> text_encoder = build_tiny_text_encoder(tokenizer.vocab_size, hidden_size=32)
+        >>> pipe = DiffusionImagePipeline(unet, DDPMScheduler(), text_encoder=text_encoder,
+        ...                               tokenizer=tokenizer)
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> out = pipe(prompt=["red apple", "grinning face"], negative_prompt="blurry",
+        ...            num_images_per_prompt=2, num_inference_steps=2, output_type="pt")
+        >>> tuple(out.images.shape), out.nfe
+        ((4, 1, 8, 8), 2)
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "text_encoder->unet"
+    _optional_components = ["text_encoder", "tokenizer"]
 
-    def __init__(self, unet, scheduler, class_names: Optional[List[str]] = None):
+    def __init__(self, unet, scheduler, class_names: Optional[List[str]] = None,
+                 text_encoder=None, tokenizer=None):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        dim = cross_attention_dim_of(unet)
+        if dim is not None:
+            if text_encoder is None or tokenizer is None:
+                raise ValueError(f"this U-Net reads text through cross-attention "
+                                 f"(cross_attention_dim={dim}): pass text_encoder and tokenizer "
+                                 f"(e.g. diffusion.conditioning.load_text_encoder(path))")
+            check_cross_attention_dim(text_encoder, dim)
+        elif text_encoder is not None or tokenizer is not None:
+            raise ValueError(f"this U-Net ({type(unet).__name__}) has no cross-attention and "
+                             f"cannot read text: build it with build_unet(cross_attention_dim=D) "
+                             f"or leave text_encoder and tokenizer out")
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder,
+                              tokenizer=tokenizer)
         n = num_classes_of(unet)
         if class_names is not None and n is not None and len(class_names) != n:
             raise ValueError(f"class_names has {len(class_names)} names for {n} classes")
@@ -147,20 +218,79 @@ class DiffusionImagePipeline(DiffusionPipeline):
         """Number of real classes (``None`` for an unconditional U-Net)."""
         return num_classes_of(self.unet)
 
+    @property
+    def takes_text(self) -> bool:
+        """Whether the U-Net has cross-attention (then ``prompt`` is accepted)."""
+        return cross_attention_dim_of(self.unet) is not None
+
+    def encode_conditions(self, prompts: List[str], device, dtype):
+        """Hidden states ``(B, L, D)`` and mask ``(B, L)`` of ``prompts``: one text-encoder
+        forward over the distinct prompts, padded to L = ``min(tokenizer.model_max_length, 77)``
+        tokens with masked padding (see :func:`diffusion.conditioning.encode_prompt`)."""
+        hidden_states, mask = PromptEmbeddingCache(self.tokenizer, self.text_encoder)(prompts)
+        return hidden_states.to(device=device, dtype=dtype), mask.to(device)
+
+    def _conditions(self, class_labels, prompt, negative_prompt):
+        """Validated ``(labels, prompts, negatives)``, one entry per condition (before
+        ``num_images_per_prompt``); a missing condition of a class+text U-Net is its null."""
+        n = self.num_classes
+        if not self.takes_text:
+            for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+                if value is not None:
+                    raise ValueError(f"this pipeline has no text encoder: use class_labels, not "
+                                     f"{name}")
+            return normalize_class_labels(class_labels, n), None, None
+        prompts = normalize_prompts(prompt)
+        negatives = normalize_prompts(negative_prompt, "negative_prompt")
+        if n is None:
+            if class_labels is not None:
+                raise ValueError("this U-Net has no class table: class_labels must be None; "
+                                 "condition it with prompt")
+            labels = None
+        elif class_labels is None:
+            if prompts is None:
+                raise ValueError(f"this U-Net takes class labels and text: give class_labels "
+                                 f"(integers in [0, {n - 1}]), prompt (str or list of str) or both")
+            labels = None  # text alone: the null class fills the class slot below
+        else:
+            labels = normalize_class_labels(class_labels, n)
+        if prompts is None and labels is None:
+            raise ValueError("prompt is required for this text-conditional model (a str or a list "
+                             "of str; '' is the null prompt)")
+        count = len(prompts) if prompts is not None else len(labels)
+        if labels is not None and prompts is not None and len(labels) != count:
+            raise ValueError(f"class_labels and prompt pair up one to one: got {len(labels)} "
+                             f"labels and {count} prompts")
+        if negatives is not None and len(negatives) == 1:
+            negatives = negatives * count
+        if negatives is not None and len(negatives) != count:
+            raise ValueError(f"negative_prompt must be a str or a list of {count} str (one per "
+                             f"prompt), got {len(negatives)}")
+        if n is not None and labels is None:
+            labels = torch.full((count,), n, dtype=torch.long)
+        if prompts is None:
+            prompts = [NULL_PROMPT] * count  # class labels alone: the null prompt fills the text
+        return labels, prompts, negatives
+
     def set_sampler(self, name: str, **options) -> None:
         """Replace ``self.scheduler`` by sampler ``name`` on the same training noise schedule."""
         self.scheduler = build_sampler(name, self.scheduler, **options)
 
     def check_inputs(self, class_labels, prompt, num_images_per_prompt, num_inference_steps,
                      guidance_scale, eta, generator, latents, output_type, sampler, height,
-                     width, callback_on_step_end_tensor_inputs=("latents",)) -> torch.Tensor:
-        """Validate every argument before any model work; return labels per image (or None).
+                     width, callback_on_step_end_tensor_inputs=("latents",), negative_prompt=None):
+        """Validate every argument before any model work.
+
+        Returns:
+            ``(labels, prompts, negatives)`` per image, conditions repeated in place
+            ``num_images_per_prompt`` times: int64 ``(B,)`` tensor or ``None``; lists of B str or
+            ``None`` (``negatives`` is ``None`` when no ``negative_prompt`` is given).
 
         Raises:
             ValueError: with the value given and what is allowed.
         """
-        if prompt is not None:
-            raise ValueError("this pipeline has no text encoder: use class_labels, not prompt")
+        labels, prompts, negatives = self._conditions(class_labels, prompt, negative_prompt)
+
         def is_number(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
@@ -186,13 +316,15 @@ class DiffusionImagePipeline(DiffusionPipeline):
         if sampler is not None and sampler not in list_samplers():
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {list_samplers()}")
         check_image_size(height, width, self.unet.config.block_out_channels)
-        labels = normalize_class_labels(class_labels, self.num_classes)
         if labels is not None:
             labels = labels.repeat_interleave(num_images_per_prompt)
-        batch = num_images_per_prompt if labels is None else len(labels)
+        prompts, negatives = ([p for p in items for _ in range(num_images_per_prompt)]
+                              if items is not None else None for items in (prompts, negatives))
+        batch = len(prompts) if prompts is not None else \
+            num_images_per_prompt if labels is None else len(labels)
         check_generators_and_latents(generator, latents, batch,
                                      (batch, self.unet.config.in_channels, height, width))
-        return labels
+        return labels, prompts, negatives
 
     @torch.no_grad()
     def __call__(
@@ -212,17 +344,26 @@ class DiffusionImagePipeline(DiffusionPipeline):
         width: Optional[int] = None,
         callback_on_step_end: Optional[Callable[..., dict]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        negative_prompt: Union[str, List[str], None] = None,
     ):
         """Generate images.
 
         Args:
             class_labels: int, list of ints or 1-D int tensor in ``[0, num_classes)``; required for
-                a class-conditional U-Net, ``None`` for an unconditional one.
-            prompt: not supported by a class-conditional U-Net (raises).
-            num_images_per_prompt: images per label; labels are repeated in place
+                a class-conditional U-Net without text, ``None`` for an unconditional or text-only
+                one. With a class+text U-Net it is optional (missing = the null class) and pairs
+                one to one with ``prompt``.
+            prompt: a str or list of str for a U-Net with cross-attention (required unless
+                ``class_labels`` serve a class+text U-Net, which then gets the null prompt ``""``);
+                refused (ValueError) by a U-Net without cross-attention.
+            negative_prompt: replaces the null prompt ``""`` in the guidance rows: a str (for every
+                prompt) or a list with one per prompt. Unused when ``guidance_scale == 1`` (no null
+                row is computed then).
+            num_images_per_prompt: images per label / prompt; conditions are repeated in place
                 (``[a, b]`` with 2 gives ``[a, a, b, b]``).
             num_inference_steps: sampler steps (NFE may be more, e.g. Heun; see ``nfe``).
-            guidance_scale: classifier-free guidance weight ``s`` (1 = no guidance, one forward).
+            guidance_scale: classifier-free guidance weight ``s`` (1 = no guidance, one forward;
+                the null / negative prompt is then not encoded).
             eta: DDIM noise weight (0 = deterministic DDIM; used by samplers that accept it).
             generator: one ``torch.Generator``, or a list with one per image: then each image
                 depends only on its own generator, not on the batch it sits in.
@@ -242,11 +383,13 @@ class DiffusionImagePipeline(DiffusionPipeline):
         """
         height = self.unet.config.sample_size if height is None else height
         width = self.unet.config.sample_size if width is None else width
-        labels = self.check_inputs(class_labels, prompt, num_images_per_prompt, num_inference_steps,
-                                   guidance_scale, eta, generator, latents, output_type, sampler,
-                                   height, width, callback_on_step_end_tensor_inputs)
+        labels, prompts, negatives = self.check_inputs(
+            class_labels, prompt, num_images_per_prompt, num_inference_steps, guidance_scale, eta,
+            generator, latents, output_type, sampler, height, width,
+            callback_on_step_end_tensor_inputs, negative_prompt)
         device, dtype = self._execution_device, self.unet.dtype
-        batch = num_images_per_prompt if labels is None else len(labels)
+        batch = len(prompts) if prompts is not None else \
+            num_images_per_prompt if labels is None else len(labels)
         scheduler = self.scheduler if sampler is None else build_sampler(sampler, self.scheduler)
 
         # 1. Timesteps and initial noise x_T ~ N(0, sigma_max^2 I).
@@ -256,13 +399,21 @@ class DiffusionImagePipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
 
-        # 2. Conditioning: [null; cond] rows for guidance, cond rows alone when s == 1.
-        guided = labels is not None and guidance_scale != 1.0
+        # 2. Conditioning: [null; cond] rows for guidance, cond rows alone when s == 1. Text is
+        #    encoded here, once per call: one encoder forward over the distinct prompts.
+        conditional = labels is not None or prompts is not None
+        guided = conditional and guidance_scale != 1.0
+        text_kwargs = {}
         if labels is not None:
             labels = labels.to(device)
             if guided:
                 null = torch.full_like(labels, self.num_classes)
                 labels = torch.cat([null, labels])
+        if prompts is not None:
+            null_prompts = (negatives or [NULL_PROMPT] * batch) if guided else []
+            hidden_states, mask = self.encode_conditions(null_prompts + prompts, device, dtype)
+            text_kwargs = {"encoder_hidden_states": hidden_states,    # ((1 + guided) B, L, D)
+                           "encoder_attention_mask": mask}            # ((1 + guided) B, L)
 
         accepted = set(inspect.signature(scheduler.step).parameters)
         step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
@@ -273,7 +424,7 @@ class DiffusionImagePipeline(DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(timesteps)):
             x_in = torch.cat([latents, latents]) if guided else latents
             x_in = scheduler.scale_model_input(x_in, t)
-            model_output = self.unet(x_in, t, class_labels=labels).sample
+            model_output = self.unet(x_in, t, class_labels=labels, **text_kwargs).sample
             nfe += 1
             if guided:
                 uncond, cond = model_output.chunk(2)
