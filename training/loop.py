@@ -149,6 +149,9 @@ def _batches(loader, sampler: EpochSampler, state: TrainState, accelerator) -> I
             # pass (and skip_first_batches copies that counter), which restarts at 0 in a resumed
             # process: give it the checkpointed epoch so it draws the same permutation.
             loader.set_epoch(state.epoch)
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):  # captioned datasets choose each epoch's captions
+            dataset.set_epoch(state.epoch)
         it = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
         for batch in it:
             state.batch_in_epoch += 1

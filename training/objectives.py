@@ -113,12 +113,17 @@ class DiffusionObjective(Objective):
         self.noise_scheduler = training_scheduler(cfg)
 
     def loss(self, optimizer, modules, batch, generator):
-        d, sched = self.cfg.diffusion, self.noise_scheduler
         x0, labels = batch
-        b, device = x0.shape[0], x0.device
         # 1. Condition dropout -> the null class (Ho & Salimans 2022, Alg. 1).
-        drop = torch.rand(b, generator=generator) < d.cond_drop_prob
-        labels = torch.where(drop.to(device), torch.full_like(labels, self.num_classes), labels)
+        drop = torch.rand(x0.shape[0], generator=generator) < self.cfg.diffusion.cond_drop_prob
+        labels = torch.where(drop.to(x0.device), torch.full_like(labels, self.num_classes), labels)
+        return self.denoising_loss(modules["model"], x0, generator, class_labels=labels)
+
+    def denoising_loss(self, unet, x0, generator, **conditions):
+        """``(loss, logs)`` of one noising of ``x0`` (steps 2-3), the U-Net called with
+        ``conditions`` (``class_labels=...`` or text ``encoder_hidden_states=...``)."""
+        d, sched = self.cfg.diffusion, self.noise_scheduler
+        b, device = x0.shape[0], x0.device
         # 2. t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
@@ -126,7 +131,7 @@ class DiffusionObjective(Objective):
         target = {"epsilon": noise, "sample": x0}.get(d.prediction_type)
         if target is None:
             target = sched.get_velocity(x0, noise, t)
-        pred = modules["model"](x_t, t, class_labels=labels).sample
+        pred = unet(x_t, t, **conditions).sample  # 3. the loss, min-SNR weighted if set
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if d.snr_gamma is not None:
             abar = sched.alphas_cumprod.to(device)[t]
@@ -461,7 +466,8 @@ class GANObjective(Objective):
 #: family's objectives live in their own module, which imports :class:`Objective` from here).
 OBJECTIVES = {"diffusion": DiffusionObjective, "classifier": ClassifierObjective,
               "gan": GANObjective, "vqvae": "training.ar_objectives:VQVAEObjective",
-              "prior": "training.ar_objectives:PriorObjective"}
+              "prior": "training.ar_objectives:PriorObjective",
+              "text-diffusion": "training.text_objectives:TextDiffusionObjective"}
 
 
 def build_objective(cfg: ExperimentConfig, num_classes: int, class_names=()) -> Objective:
