@@ -444,7 +444,7 @@ def test_codebook_stays_in_sync_under_ddp(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
                           text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["use_ddp"] and r1["use_ddp"]
     for k in ("embed", "cluster_size", "embed_avg"):
         assert torch.isfinite(r0[k]).all() and torch.equal(r0[k], r1[k]), k
