@@ -51,8 +51,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from diffusion.pipeline import (OUTPUT_TYPES, DiffusionImagePipeline, GenerationOutput,
-                                normalize_class_labels, to_output)
+from diffusion.pipeline import (DiffusionImagePipeline, GenerationOutput, check_class_inputs,
+                                check_generators_and_latents, to_output)
 # Imported here so that diffusers' from_pretrained finds the saved "diffusion.vqvae" component
 # class (it only loads from modules already imported).
 from diffusion.vqvae import VQVAE
@@ -278,25 +278,14 @@ class AutoregressivePipeline(DiffusionPipeline):
         Raises:
             ValueError: with the value given and what is allowed.
         """
-        if prompt is not None:
-            raise ValueError("this pipeline has no text encoder: use class_labels, not prompt")
-        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) \
-                or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        labels, batch = check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
+                                           self.num_classes)
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not np.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if guidance_scale != 1 and self.num_classes is None:
             raise ValueError("guidance needs a class-conditional prior (guidance_scale=1 here)")
-        labels = normalize_class_labels(class_labels, self.num_classes)
-        if labels is not None:
-            labels = labels.repeat_interleave(num_images_per_prompt)
-        batch = num_images_per_prompt if labels is None else len(labels)
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for {batch} images "
-                             f"(len(class_labels) * num_images_per_prompt); pass one per image")
+        check_generators_and_latents(generator, None, batch, ())
         return labels
 
     @torch.no_grad()

@@ -44,8 +44,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from diffusion.pipeline import (OUTPUT_TYPES, DiffusionImagePipeline, GenerationOutput,
-                                check_generators_and_latents, normalize_class_labels, to_output)
+from diffusion.pipeline import (DiffusionImagePipeline, GenerationOutput, check_class_inputs,
+                                check_generators_and_latents, to_output)
 
 #: smallest latent truncation threshold accepted (rejection resampling needs ~1 / P(|z| < t)
 #: rounds: about 125 at t = 0.01)
@@ -238,13 +238,8 @@ class GANPipeline(DiffusionPipeline):
         Raises:
             ValueError: with the value given and what is allowed.
         """
-        if prompt is not None:
-            raise ValueError("this pipeline has no text encoder: use class_labels, not prompt")
-        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) \
-                or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        labels, batch = check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
+                                           self.num_classes)
         if truncation is not None:
             if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) \
                     or not np.isfinite(truncation) or truncation < MIN_TRUNCATION:
@@ -253,10 +248,6 @@ class GANPipeline(DiffusionPipeline):
             if latents is not None:
                 raise ValueError("truncation applies to drawn latents: pass latents or truncation, "
                                  "not both")
-        labels = normalize_class_labels(class_labels, self.num_classes)
-        if labels is not None:
-            labels = labels.repeat_interleave(num_images_per_prompt)
-        batch = num_images_per_prompt if labels is None else len(labels)
         check_generators_and_latents(generator, latents, batch,
                                      (batch, self.generator_model.config.latent_dim))
         return labels

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -123,6 +123,38 @@ def normalize_prompts(prompt, name: str = "prompt") -> Optional[List[str]]:
         raise ValueError(f"{name} must hold only str; {name}[{bad[0][0]}] is {bad[0][1]!r} "
                          f"(use '' for the null prompt)")
     return list(prompt)
+
+
+def check_num_images_and_output_type(num_images_per_prompt, output_type) -> None:
+    """Shared by every pipeline's ``check_inputs``.
+
+    Raises:
+        ValueError: ``num_images_per_prompt`` not an int >= 1, or an unknown ``output_type``.
+    """
+    if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) \
+            or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+
+def check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
+                       num_classes: Optional[int]) -> Tuple[Optional[torch.Tensor], int]:
+    """The checks shared by the class-conditional pipelines without a text encoder (GAN,
+    autoregressive): no ``prompt``, :func:`check_num_images_and_output_type`, and the labels
+    repeated per image. Returns ``(labels per image or None, batch size)``.
+
+    Raises:
+        ValueError: a prompt, or a bad count, output type or label (see
+            :func:`normalize_class_labels`).
+    """
+    if prompt is not None:
+        raise ValueError("this pipeline has no text encoder: use class_labels, not prompt")
+    check_num_images_and_output_type(num_images_per_prompt, output_type)
+    labels = normalize_class_labels(class_labels, num_classes)
+    if labels is not None:
+        labels = labels.repeat_interleave(num_images_per_prompt)
+    return labels, num_images_per_prompt if labels is None else len(labels)
 
 
 def check_generators_and_latents(generator, latents, batch: int, shape: tuple) -> None:
@@ -294,9 +326,7 @@ class DiffusionImagePipeline(DiffusionPipeline):
         def is_number(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
-        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) \
-                or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
+        check_num_images_and_output_type(num_images_per_prompt, output_type)
         if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) \
                 or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
@@ -307,8 +337,6 @@ class DiffusionImagePipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if not is_number(eta) or eta < 0:
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         bad = set(callback_on_step_end_tensor_inputs) - {"latents", "model_output"}
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs may name 'latents' and "
