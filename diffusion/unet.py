@@ -107,16 +107,23 @@ def build_unet(
             sample_size, in_channels, num_classes, block_out_channels, layers_per_block,
             attention_levels, attention_head_dim, norm_num_groups, dropout, cross_attention_dim)
     down = tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(levels))
-    up = tuple(b.replace("Down", "Up") for b in reversed(down))
-    return UNet2DModel(
+    return UNet2DModel(**_common_unet_config(sample_size, in_channels, num_classes, block_out_channels,
+                                             layers_per_block, norm_num_groups, dropout, down),
+                       attention_head_dim=attention_head_dim)
+
+
+def _common_unet_config(sample_size, in_channels, num_classes, block_out_channels, layers_per_block,
+                        norm_num_groups, dropout, down_block_types) -> dict:
+    """The config both U-Net classes share: sizes, blocks (up blocks mirror ``down_block_types``)
+    and the class table of ``num_classes + 1`` rows (the last one the null class)."""
+    return dict(
         sample_size=sample_size,
         in_channels=in_channels,
         out_channels=in_channels,
         block_out_channels=block_out_channels,
         layers_per_block=layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
-        attention_head_dim=attention_head_dim,
+        down_block_types=down_block_types,
+        up_block_types=tuple(b.replace("Down", "Up") for b in reversed(down_block_types)),
         norm_num_groups=norm_num_groups,
         dropout=dropout,
         num_class_embeds=None if num_classes is None else num_classes + 1,
@@ -137,23 +144,12 @@ def _build_cross_attention_unet(sample_size, in_channels, num_classes, block_out
     levels = len(block_out_channels)
     down = tuple("CrossAttnDownBlock2D" if i in attention_levels else "DownBlock2D"
                  for i in range(levels))
-    up = tuple(b.replace("Down", "Up") for b in reversed(down))
     heads = tuple(max(1, c // attention_head_dim) for c in block_out_channels)
     return UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        block_out_channels=block_out_channels,
-        layers_per_block=layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
-        mid_block_type="UNetMidBlock2DCrossAttn",
-        attention_head_dim=heads,
-        norm_num_groups=norm_num_groups,
-        dropout=dropout,
-        cross_attention_dim=cross_attention_dim,
-        num_class_embeds=None if num_classes is None else num_classes + 1,
-    )
+        **_common_unet_config(sample_size, in_channels, num_classes, block_out_channels,
+                              layers_per_block, norm_num_groups, dropout, down),
+        mid_block_type="UNetMidBlock2DCrossAttn", attention_head_dim=heads,
+        cross_attention_dim=cross_attention_dim)
 
 
 def cross_attention_dim_of(unet) -> Optional[int]:
