@@ -72,15 +72,19 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-class TensorImageDataset(Dataset):
-    """Images held in memory as one float tensor ``(N, C, H, W)`` in [-1, 1] with int64 labels."""
+class LabelledTensorDataset(Dataset):
+    """Items ``(data[i], int label)`` held in memory: one tensor ``data`` ``(N, ...)``, int64
+    labels ``(N,)`` and the class names. Subclasses check the shape of ``data``."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]):
-        if images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(f"images must be (N, C, H, W) with N == len(labels); got "
-                             f"{tuple(images.shape)} and {len(labels)} labels")
-        self.images, self.labels = images, labels.long()
+    def __init__(self, data: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]):
+        self._check(data, labels)
+        self.data, self.labels = data, labels.long()
         self.class_names = list(class_names)
+
+    @staticmethod
+    def _check(data: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(data) != len(labels):
+            raise ValueError(f"got {len(data)} items and {len(labels)} labels")
 
     @property
     def num_classes(self) -> int:
@@ -90,36 +94,43 @@ class TensorImageDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.images[i], int(self.labels[i])
+        return self.data[i], int(self.labels[i])
 
-    def subset(self, n: int, seed: int = 0) -> "TensorImageDataset":
-        """A random subset of ``n`` items, the same for the same ``seed``."""
+    def subset(self, n: int, seed: int = 0):
+        """A random subset of ``n`` items (same type), the same for the same ``seed``."""
         if not 0 < n <= len(self):
             raise ValueError(f"subset size must be in [1, {len(self)}], got {n}")
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return TensorImageDataset(self.images[idx], self.labels[idx], self.class_names)
+        return type(self)(self.data[idx], self.labels[idx], self.class_names)
 
 
-class TokenDataset(Dataset):
+class TensorImageDataset(LabelledTensorDataset):
+    """Images held in memory as one float tensor ``(N, C, H, W)`` in [-1, 1] with int64 labels."""
+
+    @staticmethod
+    def _check(images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"images must be (N, C, H, W) with N == len(labels); got "
+                             f"{tuple(images.shape)} and {len(labels)} labels")
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.data
+
+
+class TokenDataset(LabelledTensorDataset):
     """Token sequences held in memory: int64 ``(N, L)`` with int64 labels (a tokenised image
     dataset for the autoregressive prior; see :meth:`training.ar_objectives.PriorObjective.prepare_dataset`)."""
 
-    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]):
+    @staticmethod
+    def _check(tokens: torch.Tensor, labels: torch.Tensor) -> None:
         if tokens.ndim != 2 or len(tokens) != len(labels) or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be int64 (N, L) with N == len(labels); got "
                              f"{tokens.dtype} {tuple(tokens.shape)} and {len(labels)} labels")
-        self.tokens, self.labels = tokens, labels.long()
-        self.class_names = list(class_names)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.tokens[i], int(self.labels[i])
+    def tokens(self) -> torch.Tensor:
+        return self.data
 
 
 def fashion_mnist(split: str = "train", root: Optional[str] = None,
