@@ -214,12 +214,17 @@ class TransformerPrior(ModelMixin, ConfigMixin):
         logits = self.head(self.ln_f(x))
         return logits, (tuple(present) if use_cache else None)
 
-    def loss(self, tokens: torch.Tensor, class_labels: Optional[torch.Tensor]) -> torch.Tensor:
+    def loss(self, tokens: torch.Tensor, class_labels: Optional[torch.Tensor],
+             forward=None) -> torch.Tensor:
         """Mean next-token cross-entropy (nats per token) of int64 image ``tokens`` ``(B, N)`` given
-        ``class_labels`` ``(B,)`` (``num_classes`` = null) - the training objective."""
+        ``class_labels`` ``(B,)`` (``num_classes`` = null) - the training objective.
+
+        ``forward``: the callable that runs the network (default ``self``); training passes the
+        DDP-wrapped module so that gradients synchronise across processes.
+        """
         prefix = self.prefix_ids(class_labels, tokens.shape[0]).to(tokens.device)
         seq = torch.cat([prefix, tokens], dim=1)                       # (B, 1 + N)
-        logits, _ = self(seq[:, :-1], use_cache=False)                 # (B, N, V)
+        logits, _ = (forward or self)(seq[:, :-1], use_cache=False)    # (B, N, V)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
 

@@ -178,9 +178,7 @@ class PriorObjective(Objective):
         else:
             labels = None
         # Through the (possibly DDP-wrapped) module's forward, so gradients synchronise.
-        seq = torch.cat([plain.prefix_ids(labels, tokens.shape[0]).to(tokens.device), tokens], 1)
-        logits, _ = prior(seq[:, :-1], use_cache=False)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+        loss = plain.loss(tokens, labels, forward=prior)
         return loss, {"loss": loss.item(), "bits_per_token": loss.item() / 0.6931471805599453}
 
     def pipeline(self, prior):
