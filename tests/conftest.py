@@ -57,6 +57,36 @@ def make_pipe(unet=None, scheduler=None) -> DiffusionImagePipeline:
     return pipe
 
 
+# Text U-Net: cross-attention at the second level, no class table, encoder hidden size 32.
+TEXT_DIM = 32
+TINY_TEXT_UNET = dict(TINY_UNET, attention_levels=(1,), num_classes=None,
+                      cross_attention_dim=TEXT_DIM)
+
+
+def seeded_text_unet(seed: int = 0, **overrides):
+    """:func:`seeded_unet` with ``TINY_TEXT_UNET | overrides``."""
+    return seeded_unet(seed, **{**TINY_TEXT_UNET, **overrides})
+
+
+def make_text_pipe(tokenizer=None, text_encoder=None, scheduler=None,
+                   **unet_overrides) -> DiffusionImagePipeline:
+    """Text pipeline: seeded tiny cross-attention U-Net (``TINY_TEXT_UNET | unet_overrides``),
+    the real MiniLM tokenizer and a tiny random encoder (hidden ``TEXT_DIM``) unless given, on a
+    1000-step v-prediction DDPM schedule; ``beta_end=0.012`` keeps sigma_max small so fp32 batch
+    rounding stays far below the 1e-5 tolerances (see
+    test_pipeline.test_image_does_not_depend_on_its_batch)."""
+    from diffusion.conditioning import build_tiny_text_encoder, load_tokenizer
+
+    tokenizer = load_tokenizer() if tokenizer is None else tokenizer
+    if text_encoder is None:
+        text_encoder = build_tiny_text_encoder(tokenizer.vocab_size, hidden_size=TEXT_DIM, seed=0)
+    scheduler = scheduler or DDPMScheduler(beta_end=0.012, prediction_type="v_prediction")
+    pipe = DiffusionImagePipeline(seeded_text_unet(**unet_overrides), scheduler,
+                                  text_encoder=text_encoder, tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def generators(n: int, offset: int = 0) -> list[torch.Generator]:
     """One CPU generator per image, seeded ``offset, offset + 1, ...``."""
     return [torch.Generator().manual_seed(offset + i) for i in range(n)]

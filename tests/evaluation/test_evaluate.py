@@ -231,3 +231,35 @@ def test_two_processes_split_the_generation_and_agree_with_one(tmp_path):
     # Same images (the shards are bytes on disk); features are recomputed here with another
     # thread count, so float sums differ in the last bits (seen: 2e-10 relative on CI).
     assert one["fid"] == pytest.approx(two["fid"], rel=1e-6) and one["accuracy"] == two["accuracy"]
+
+
+def test_text_pipeline_accuracy_scores_each_image_against_its_prompt_s_class():
+    from conftest import make_text_pipe
+    from diffusion.evaluation.sampling import generate_samples, image_conditions
+    from diffusion.metrics import load_classifier
+
+    pipe = make_text_pipe(sample_size=28)
+    prompts = [[f"class {c} photo", f"class {c} drawing"] for c in range(10)]
+    call = dict(sampler="ddim", num_inference_steps=2, guidance_scale=2.0)
+    r = evaluate(pipe, metrics="accuracy", num_samples=24, batch_size=10, class_prompts=prompts,
+                 cache_dir=None, progress=False, **call)
+    # Same figure by hand: the images of those prompts and seeds, classified.
+    run = generate_samples(pipe, 24, call_kwargs=call, class_prompts=prompts, progress=False)
+    assert image_conditions(0, 24, None, prompts)["prompt"][11] == "class 1 drawing"
+    predicted = load_classifier().predict(run.images.float() / 127.5 - 1)
+    assert r["accuracy"] == pytest.approx((predicted == torch.arange(24) % 10).float().mean().item())
+    assert r["class_prompts"] == prompts and r["n"] == 24
+
+
+@pytest.mark.parametrize("which, kwargs, match", [
+    ("text", {}, "evaluated on prompts: pass class_prompts"),
+    ("class", {"class_prompts": [["a"], ["b"], ["c"]]}, "class_prompts needs a text-conditional"),
+    ("text", {"class_prompts": [["a"], []]}, "class_prompts must be"),
+])
+def test_prompt_arguments_are_checked_before_generation(which, kwargs, match):
+    from conftest import make_text_pipe
+
+    pipe = make_text_pipe() if which == "text" else make_pipe()
+    with forward_spy(pipe.unet) as calls, pytest.raises(ValueError, match=match):
+        evaluate(pipe, metrics="fid", num_samples=4, cache_dir=None, progress=False, **kwargs)
+    assert calls == []

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import NUM_CLASSES, forward_spy, make_pipe, seeded_unet
-from diffusion.evaluation.sampling import (generate_samples, iter_sample_shards,
-                                           pipeline_fingerprint, sample_settings, settings_key)
+from diffusion.evaluation.sampling import (check_class_prompts, generate_samples, image_conditions,
+                                           iter_sample_shards, pipeline_fingerprint,
+                                           sample_settings, settings_key)
 
 KW = dict(call_kwargs=dict(sampler="ddim", num_inference_steps=3, guidance_scale=2.0),
           progress=False)
@@ -137,3 +138,46 @@ def test_fingerprint_does_not_depend_on_where_the_model_was_loaded_from(pipe, tm
     b = DiffusionImagePipeline.from_pretrained(tmp_path / "b" / "c")
     assert a.unet.config._name_or_path != b.unet.config._name_or_path
     assert pipeline_fingerprint(a) == pipeline_fingerprint(b) == pipeline_fingerprint(pipe)
+
+
+# --- text-to-image runs: prompts per class ----------------------------------------------------
+
+PROMPTS = [["a red apple", "an apple"], ["grinning face"], ["a blue car", "a car", "a truck"]]
+
+
+def test_image_conditions_cycle_classes_and_each_class_s_prompts():
+    assert image_conditions(0, 3, 3) == {"class_labels": [0, 1, 2]}
+    assert image_conditions(2, 5, None) == {"num_images_per_prompt": 3}
+    got = image_conditions(0, 12, None, PROMPTS)["prompt"]
+    # image i: class i % 3, prompt (i // 3) % len(prompts of that class)
+    assert got == ["a red apple", "grinning face", "a blue car", "an apple", "grinning face",
+                   "a car", "a red apple", "grinning face", "a truck", "an apple",
+                   "grinning face", "a blue car"]
+    assert image_conditions(7, 9, None, PROMPTS)["prompt"] == got[7:9]
+
+
+def test_text_run_labels_images_by_prompt_class_and_matches_direct_calls(tmp_path):
+    from conftest import make_text_pipe
+
+    pipe = make_text_pipe()
+    run = generate_samples(pipe, 7, batch_size=3, shard_size=4, class_prompts=PROMPTS,
+                           cache_dir=tmp_path, **KW)
+    assert run.labels.tolist() == [i % 3 for i in range(7)] and run.images.shape == (7, 1, 8, 8)
+    prompts = image_conditions(0, 7, None, PROMPTS)["prompt"]
+    out = pipe(prompt=prompts, generator=[torch.Generator().manual_seed(i) for i in range(7)],
+               output_type="pt", **KW["call_kwargs"])
+    assert (run.images.int() - (out.images.clamp(0, 1) * 255).round().int()).abs().max() <= 1
+    settings = json.loads(next(tmp_path.glob("*/settings.json")).read_text())
+    assert settings["class_prompts"] == PROMPTS
+    # The prompts are part of the cache key; runs without prompts keep their old keys.
+    keys = {settings_key(sample_settings(pipe, KW["call_kwargs"], 0, 4, None, p))
+            for p in (PROMPTS, PROMPTS[::-1], None)}
+    assert len(keys) == 3
+    assert "class_prompts" not in sample_settings(pipe, KW["call_kwargs"], 0, 4, None)
+
+
+@pytest.mark.parametrize("bad", [[], [[]], [["a"], [3]], [["a"], []]])
+def test_malformed_class_prompts_raise(bad):
+    with pytest.raises(ValueError, match="class_prompts must be"):
+        check_class_prompts(bad)
+    assert check_class_prompts(["a", ["b", "c"]]) == [["a"], ["b", "c"]]

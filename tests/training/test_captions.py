@@ -339,3 +339,13 @@ def test_load_captioned_dataset_dispatch(tmp_path, monkeypatch):
     monkeypatch.setitem(cap._CAPTIONED, "emoji", lambda **kw: calls.setdefault("kw", kw) and _toy())
     load_captioned_dataset("emoji", image_size=16)
     assert calls["kw"] == {"seed": 0, "image_size": 16}
+
+
+def test_load_dataset_emoji_needs_three_channels(emoji, monkeypatch):
+    from training.data import load_dataset
+
+    monkeypatch.setitem(cap._CAPTIONED, "emoji", lambda seed=0, **kw: emoji)
+    with pytest.raises(ValueError, match=r"'emoji' has 3-channel images but channels=1 was "
+                                         r"asked: set data.channels=3"):
+        load_dataset("emoji")
+    assert load_dataset("emoji", channels=3) is emoji

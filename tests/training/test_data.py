@@ -186,3 +186,11 @@ def test_real_fashion_mnist_test_split():
     assert ds.images.min() == -1.0 and ds.images.max() == 1.0
     assert torch.bincount(ds.labels).tolist() == [1000] * 10
     assert ds.labels[0].item() == 9 and ds.class_names[9] == "Ankle boot"   # first test image
+
+
+def test_load_dataset_refuses_the_wrong_channel_count_up_front(tmp_path, no_default_roots):
+    _idx_root(tmp_path, n=8, split="train")
+    with pytest.raises(ValueError, match=r"'fashion-mnist' has 1-channel images but channels=3 "
+                                         r"was asked: set data.channels=1"):
+        load_dataset("fashion-mnist", root=str(tmp_path), channels=3)
+    assert load_dataset("fashion-mnist", root=str(tmp_path), channels=1).images.shape[1] == 1
