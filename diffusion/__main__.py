@@ -44,7 +44,7 @@ def cmd_generate(args) -> int:
 
     from diffusion import default_model_path
     from diffusion.loading import load_pipeline
-    from samplers import list_samplers
+    from samplers import list_samplers, sampler_name_of
 
     if args.sampler is not None and args.sampler not in list_samplers():
         raise SystemExit(f"error: unknown sampler {args.sampler!r}; choose one of {list_samplers()}")
@@ -138,7 +138,7 @@ def cmd_generate(args) -> int:
             save_image(img, out_dir / f"{stem}.png")
         print(f"wrote {len(images)} PNG files to {out_dir}")
     if "num_inference_steps" in options:
-        sampler = args.sampler or type(pipe.scheduler).__name__
+        sampler = args.sampler or sampler_name_of(pipe.scheduler) or type(pipe.scheduler).__name__
         print(f"sampler={sampler} steps={args.steps} NFE={nfe} guidance_scale="
               f"{args.guidance_scale} seed={args.seed} time={time.time() - start:.1f}s")
     else:
@@ -440,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replaces the empty prompt in classifier-free guidance (text models)")
     g.add_argument("--per-class", "--per-prompt", dest="per_class", type=int, default=10,
                    help="images per class or per prompt (default 10)")
-    g.add_argument("--sampler", default="dpmpp-2m",
-                   help="sampler name (see `python -m diffusion samplers`); default dpmpp-2m")
+    g.add_argument("--sampler", default=None,
+                   help="sampler name (see `python -m diffusion samplers`); default: the model's "
+                        "own scheduler (dpmpp-2m for the shipped class model)")
     g.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
     g.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale; 1 disables guidance (default 2.0 for "
@@ -461,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate --num-samples images and score them against a real "
                                    "split; prints a table and writes JSON (--out).")
     _add_eval_arguments(e)
-    e.add_argument("--sampler", default="dpmpp-2m", help="sampler name (default dpmpp-2m)")
+    e.add_argument("--sampler", default=None,
+                   help="sampler name (default: the model's own scheduler)")
     e.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
     e.add_argument("--real", default=None, metavar="SPLIT",
                    help="score real images of SPLIT (e.g. train) instead of a model: the floor "

@@ -266,6 +266,24 @@ def sampler_spec(name: str) -> SamplerSpec:
     return _REGISTRY[name]
 
 
+def sampler_name_of(scheduler: SchedulerMixin) -> Optional[str]:
+    """The registered name of the sampler ``scheduler`` is (as :func:`build_sampler` makes it), or
+    ``None``: the name whose scheduler class is the scheduler's and whose options its config
+    holds; of several (``dpmpp-2m`` and ``dpmpp-2m-karras``), the one with the most options.
+
+    Example::
+
+        >>> from diffusers import DDPMScheduler
+        >>> sampler_name_of(build_sampler("euler-a", DDPMScheduler()))
+        'euler-a'
+    """
+    config = dict(getattr(scheduler, "config", {}))
+    found = [(len(spec.options), name) for name, spec in _REGISTRY.items()
+             if type(scheduler) is spec.scheduler_class
+             and all(config.get(k) == v for k, v in spec.options.items())]
+    return max(found)[1] if found else None
+
+
 def register_sampler(name: str, spec: SamplerSpec, overwrite: bool = False) -> None:
     """Add a sampler to the registry (any diffusers-compatible scheduler class)."""
     if name in _REGISTRY and not overwrite:

@@ -144,6 +144,16 @@ def compute_metrics(fake_features: Optional[torch.Tensor], real_features: Option
 
 
 @torch.no_grad()
+def _scheduler_name(pipeline) -> Optional[str]:
+    """The sampler name of the pipeline's own scheduler (its class name if not registered)."""
+    from samplers import sampler_name_of
+
+    scheduler = getattr(pipeline, "scheduler", None)
+    if scheduler is None:
+        return None
+    return sampler_name_of(scheduler) or type(scheduler).__name__
+
+
 def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
              metrics: Sequence[str] = DEFAULT_METRICS, num_samples: int = 2000,
              batch_size: int = 250, sampler: Optional[str] = None,
@@ -296,8 +306,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         eval_seconds=time.perf_counter() - start, generated=generated,
         peak_memory_bytes=peak_memory_bytes(device),
         pipeline=type(pipeline).__name__,
-        sampler=call_kwargs.get("sampler") or (type(pipeline.scheduler).__name__
-                                               if hasattr(pipeline, "scheduler") else None),
+        sampler=call_kwargs.get("sampler") or _scheduler_name(pipeline),
         num_inference_steps=call_kwargs.get("num_inference_steps"),
         guidance_scale=call_kwargs.get("guidance_scale"),
         seed=seed, batch_size=batch_size,

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
@@ -130,3 +131,21 @@ def test_prompt_errors_are_clear(text_model_dir, model_dir, tmp_path, which, arg
         main(["generate", "--model", model, "--out", str(tmp_path / "g.png"), "--quiet", *args])
     assert message in str(e.value)
     assert not (tmp_path / "g.png").exists()
+
+
+def test_without_sampler_the_model_s_own_scheduler_is_used(tmp_path, capsys):
+    from samplers import build_sampler
+
+    pipe = make_pipe(seeded_unet())
+    pipe.set_sampler("euler-a")
+    pipe.save_pretrained(tmp_path / "model")
+    main(["generate", "--model", str(tmp_path / "model"), "--classes", "0,2", "--per-class", "2",
+          "--steps", "3", "--out", "", "--out-dir", str(tmp_path / "imgs"), "--quiet"])
+    assert "sampler=euler-a steps=3" in capsys.readouterr().out
+    expected = pipe(class_labels=[0, 0, 2, 2], num_inference_steps=3, guidance_scale=2.0,
+                    output_type="np",
+                    generator=[torch.Generator().manual_seed(i) for i in range(4)]).images
+    got = np.stack([np.asarray(Image.open(p))[..., 0]
+                    for p in sorted((tmp_path / "imgs").iterdir())])
+    assert np.abs(got.astype(int) - expected[..., 0].astype(int)).max() <= 1
+    assert type(build_sampler("euler-a", pipe.scheduler)) is type(pipe.scheduler)

@@ -202,3 +202,13 @@ def test_register_sampler_adds_and_overwrites(registry_guard):
 def test_registry_guard_restores_registry():
     """Runs after the registering tests: nothing they added survived."""
     assert "ddim-clip" not in list_samplers()
+
+
+def test_sampler_name_of_inverts_build_sampler():
+    from diffusers import LCMScheduler
+
+    from samplers import sampler_name_of
+
+    for name in list_samplers():  # incl. dpmpp-2m vs dpmpp-2m-karras: same class, other options
+        assert sampler_name_of(build_sampler(name, DDPMScheduler())) == name
+    assert sampler_name_of(LCMScheduler()) is None  # not a registered sampler
