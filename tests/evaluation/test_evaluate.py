@@ -224,9 +224,9 @@ def test_two_processes_split_the_generation_and_agree_with_one(tmp_path):
     shards = sorted(p.name for p in cache.glob("samples/*/shard-*.npz"))
     assert shards == [f"shard-0000{i}.npz" for i in range(4)] and two["n"] == 40
     one = evaluate(load_pipeline(default_model_path(), quiet=True), metrics="fid,accuracy",
-                   num_samples=40, shard_size=10, batch_size=10, sampler="dpmpp-2m",
-                   num_inference_steps=2, guidance_scale=2.0, reference_num_samples=100,
-                   cache_dir=cache, progress=False)
+                   num_samples=40, shard_size=10, batch_size=10, num_inference_steps=2,
+                   guidance_scale=2.0, reference_num_samples=100, cache_dir=cache,
+                   progress=False)  # no sampler: the model's own, as the CLI without --sampler
     assert one["generated"] == 0 and two["generated"] == 40
     # Same images (the shards are bytes on disk); features are recomputed here with another
     # thread count, so float sums differ in the last bits (seen: 2e-10 relative on CI).
