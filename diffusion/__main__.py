@@ -269,6 +269,10 @@ def _eval_setup(args):
     kwargs = _eval_kwargs(args, accelerator)
     kwargs["pipeline_kwargs"] = _decoding_options(pipe, args) or None
     kwargs["class_prompts"] = _class_prompts(args.prompts)
+    if getattr(pipe, "takes_text", False) and pipe.num_classes is None and args.prompts is None:
+        raise SystemExit("error: a text-to-image model is evaluated on prompts: pass --prompts "
+                         "held-out|training (Fashion-MNIST caption sets) or a JSON file with one "
+                         "list of prompts per class")
     return pipe, accelerator, kwargs
 
 
@@ -365,8 +369,9 @@ def cmd_evaluate(args) -> int:
         print(f"{result['pipeline']} " + " ".join(f"{k}={v}" for k, v in result["decoding"].items())
               + f" seed={result['seed']} dtype={result['autocast_dtype'] or 'float32'}")
     else:
+        prompts = f" prompts={args.prompts}" if getattr(args, "prompts", None) else ""
         print(f"{result['pipeline']} sampler={result['sampler']} steps={result['num_inference_steps']} "
-              f"guidance_scale={result['guidance_scale']} seed={result['seed']} "
+              f"guidance_scale={result['guidance_scale']}{prompts} seed={result['seed']} "
               f"dtype={result['autocast_dtype'] or 'float32'}")
     _print_table(result)
     if args.out:

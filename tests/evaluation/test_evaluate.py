@@ -263,3 +263,26 @@ def test_prompt_arguments_are_checked_before_generation(which, kwargs, match):
     with forward_spy(pipe.unet) as calls, pytest.raises(ValueError, match=match):
         evaluate(pipe, metrics="fid", num_samples=4, cache_dir=None, progress=False, **kwargs)
     assert calls == []
+
+
+def test_evaluate_command_on_a_text_model_takes_prompt_sets(tmp_path, capsys):
+    from conftest import make_text_pipe
+    from diffusion.__main__ import main
+    from training.captions import FASHION_MNIST_HELD_OUT_PROMPTS
+
+    model = tmp_path / "model"
+    make_text_pipe(sample_size=28).save_pretrained(model)
+    common = ["evaluate", "--model", str(model), "--num-samples", "10", "--steps", "1",
+              "--metrics", "accuracy", "--no-cache", "--quiet"]
+    assert main([*common, "--prompts", "held-out", "--out", str(tmp_path / "e.json")]) == 0
+    assert "guidance_scale=2.0 prompts=held-out seed=0" in capsys.readouterr().out
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["class_prompts"] == [list(p) for p in FASHION_MNIST_HELD_OUT_PROMPTS]
+    # A JSON file of prompt lists gives the same images, hence the same accuracy.
+    (tmp_path / "p.json").write_text(json.dumps(result["class_prompts"]))
+    main([*common, "--prompts", str(tmp_path / "p.json"), "--out", str(tmp_path / "f.json")])
+    assert json.loads((tmp_path / "f.json").read_text())["accuracy"] == result["accuracy"]
+    for extra, message in (([], r"pass --prompts held-out\|training"),
+                           (["--prompts", "nope"], "neither 'held-out', 'training' nor a JSON")):
+        with pytest.raises(SystemExit, match=message):
+            main([*common, *extra])
