@@ -95,22 +95,19 @@ def cmd_generate(args) -> int:
     rows = len(prompts) if prompts else len(classes)
     n = args.per_class * max(1, rows)
     seeds = [args.seed + i for i in range(n)]
-    if prompts:
-        options["prompt"] = None  # filled per batch below
-        if args.negative_prompt is not None:
-            options["negative_prompt"] = args.negative_prompt
+    if prompts and args.negative_prompt is not None:
+        options["negative_prompt"] = args.negative_prompt
     images = []
     nfe = 0
     for lo in range(0, n, args.batch_size):
         chunk = slice(lo, min(n, lo + args.batch_size))
         rows_of_chunk = [i // args.per_class for i in range(chunk.start, chunk.stop)]
         batch_labels = [labels[r] for r in rows_of_chunk] if labels is not None else None
-        if prompts:
-            options["prompt"] = [prompts[r] for r in rows_of_chunk]
+        batch_text = {"prompt": [prompts[r] for r in rows_of_chunk]} if prompts else {}
         try:
             out = pipe(class_labels=batch_labels,
                        num_images_per_prompt=1 if rows else chunk.stop - chunk.start,
-                       output_type="pt", **options,
+                       output_type="pt", **options, **batch_text,
                        generator=[torch.Generator().manual_seed(s) for s in seeds[chunk]])
         except ValueError as e:
             raise SystemExit(f"error: {e}")

