@@ -353,7 +353,7 @@ class InceptionFeatures(FeatureNetwork):
 
     Warns:
         UserWarning: the file's sha256 does not start with ``6726825d``: features are then not
-        those of the reference network and FIDs are not comparable with published ones.
+            those of the reference network and FIDs are not comparable with published ones.
 
     Example::
 
