@@ -1,4 +1,4 @@
-"""Command line: ``python -m diffusion generate|evaluate|sweep|samplers ...`` (also the
+"""Command line: ``python -m diffusion generate|evaluate|sweep|synthesize|samplers ...`` (also the
 ``diffusion-centric`` script).
 
 Examples::
@@ -12,6 +12,7 @@ Examples::
     python -m diffusion evaluate --num-samples 2000 --out runs/eval.json  # FID, KID, P/R, accuracy
     python -m diffusion evaluate --model diffusion/weights/fashion-mnist-text --prompts held-out
     python -m diffusion sweep --samplers ddim,dpmpp-2m,heun --nfe 5,10,20,50 --out runs/sweep
+    python -m diffusion synthesize --per-class 100 --out runs/synthetic  # labelled image folder
     accelerate launch --num_processes 2 -m diffusion evaluate ...     # generation split over 2
 """
 
@@ -148,6 +149,46 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_synthesize(args) -> int:
+    import shlex
+
+    import torch
+
+    from diffusion import default_model_path
+    from diffusion.loading import load_pipeline
+    from diffusion.synthesize import synthesize
+    from samplers import list_samplers
+    from training.data import FASHION_MNIST_CLASSES
+
+    if args.sampler is not None and args.sampler not in list_samplers():
+        raise SystemExit(f"error: unknown sampler {args.sampler!r}; choose one of {list_samplers()}")
+    class_prompts = _class_prompts(args.prompts)
+    try:
+        pipe = load_pipeline(args.model or default_model_path(), device=args.device,
+                             quiet=args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    _default_guidance(pipe, args)
+    # The named prompt sets are Fashion-MNIST's: their classes name the folders.
+    names = FASHION_MNIST_CLASSES if args.prompts in ("held-out", "training") else None
+    command = getattr(args, "command_line", None)
+    try:
+        summary = synthesize(
+            pipe, args.out, args.per_class, class_prompts=class_prompts, class_names=names,
+            batch_size=args.batch_size, seed=args.seed, sampler=args.sampler,
+            num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+            pipeline_kwargs=_decoding_options(pipe, args) or None,
+            autocast_dtype=torch.bfloat16 if args.bf16 else None, progress=not args.quiet,
+            overwrite=args.overwrite,
+            extra_info={"command": "python -m diffusion " + shlex.join(command)} if command else None)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"wrote {summary['n']} images ({summary['num_classes']} classes x {args.per_class}, "
+          f"NFE={summary['nfe']}) to {summary['folder']} with metadata.jsonl and synthesis.json "
+          f"in {summary['seconds']:.1f}s")
+    return 0
+
+
 def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     """Options of autoregressive (VQ-VAE + prior) pipelines; unset ones take the model's saved
     decoding setting."""
@@ -188,9 +229,11 @@ def _default_guidance(pipe, args) -> None:
         args.guidance_scale = 2.0
 
 
-def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST model")
+def _add_eval_arguments(p: argparse.ArgumentParser, model: bool = True) -> None:
+    if model:
+        p.add_argument("--model", default=None,
+                       help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST "
+                            "model")
     p.add_argument("--metrics", default="fid,kid,precision,recall,is,accuracy",
                    help="comma-separated subset of fid,kid,precision,recall,is,accuracy")
     p.add_argument("--num-samples", type=int, default=2000, help="images to generate (default 2000)")
@@ -204,8 +247,14 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-weights", default=None,
                    help="local Inception-v3 FID weights file (weights-inception-2015-12-05-"
                         "6726825d.pth) for --features inception; never downloaded")
-    p.add_argument("--dataset", default="fashion-mnist", help="reference dataset (default fashion-mnist)")
+    p.add_argument("--dataset", default="fashion-mnist",
+                   help="reference dataset: fashion-mnist (default) or image-folder (your class "
+                        "sub-folders under --dataset-root, scored with --classifier)")
     p.add_argument("--dataset-root", default=None, help="folder of the dataset files")
+    p.add_argument("--classifier", default=None, metavar="DIR",
+                   help="a classifier folder trained with `python -m training` (objective "
+                        "classifier) whose features and predictions score the images, instead of "
+                        "the shipped Fashion-MNIST one; required with --dataset image-folder")
     p.add_argument("--reference-split", default="test", help="reference split (default test)")
     p.add_argument("--reference-num-samples", type=int, default=None,
                    help="real images for the reference statistics (default: the whole split)")
@@ -251,9 +300,10 @@ def _eval_setup(args):
         from training.data import load_dataset
 
         try:
-            return (RealImagesPipeline(load_dataset(args.dataset, split=args.real,
-                                                    root=args.dataset_root), seed=args.seed),
-                    accelerator, _eval_kwargs(args, accelerator))
+            kwargs = _eval_kwargs(args, accelerator)
+            real = kwargs["dataset"] if args.dataset == "image-folder" else \
+                load_dataset(args.dataset, split=args.real, root=args.dataset_root)
+            return RealImagesPipeline(real, seed=args.seed), accelerator, kwargs
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(f"error: {e}")
     try:
@@ -293,15 +343,49 @@ def _class_prompts(spec):
         raise SystemExit(f"error: --prompts {spec}: not JSON ({e})")
 
 
+def _reference_data(args):
+    """``(feature network, reference dataset, split)`` from ``--classifier`` / ``--dataset``: an
+    image folder is loaded whole at the size and channels of the classifier trained on it (the
+    shipped classifier knows only Fashion-MNIST)."""
+    from training.data import load_dataset
+
+    features = args.features
+    if args.classifier:
+        from diffusion.evaluation.features import ClassifierFeatures
+
+        try:
+            features = ClassifierFeatures(path=args.classifier)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: --classifier: {e}")
+    if args.dataset != "image-folder":
+        return features, args.dataset, args.reference_split
+    if not args.dataset_root or not args.classifier:
+        raise SystemExit("error: --dataset image-folder needs --dataset-root DIR (class "
+                         "sub-folders) and --classifier DIR (a classifier trained on that folder, "
+                         "whose features score it: python -m training --config "
+                         "training/configs/image_folder_classifier.yaml data.root=DIR)")
+    size = features.image_size[0] if features.image_size else None
+    if size is None:
+        raise SystemExit(f"error: --classifier {args.classifier}: its training_config.yaml does not "
+                         f"state data.image_size, needed to load the image folder")
+    try:
+        dataset = load_dataset("image-folder", root=args.dataset_root, image_size=size,
+                               channels=features.in_channels[0])
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    return features, dataset, "all"
+
+
 def _eval_kwargs(args, accelerator) -> dict:
     import torch
 
     cache_dir = None if args.no_cache else (args.cache_dir or "default")
     real = getattr(args, "real", None)
+    features, dataset, split = _reference_data(args)
     return dict(metrics=args.metrics, num_samples=args.num_samples, batch_size=args.batch_size,
                 guidance_scale=None if real else args.guidance_scale, seed=args.seed,
-                dataset=args.dataset, dataset_root=args.dataset_root, feature_network=args.features,
-                inception_weights=args.inception_weights, reference_split=args.reference_split,
+                dataset=dataset, dataset_root=args.dataset_root, feature_network=features,
+                inception_weights=args.inception_weights, reference_split=split,
                 reference_num_samples=args.reference_num_samples, cache_dir=cache_dir,
                 autocast_dtype=torch.bfloat16 if args.bf16 else None, accelerator=accelerator,
                 progress=not args.quiet, shard_size=args.shard_size)
@@ -336,24 +420,16 @@ def cmd_evaluate(args) -> int:
     if args.real:
         result["sampler"] = f"real {args.real} images ({args.dataset}; floor)"
     if args.cas and (accelerator is None or accelerator.is_main_process):
-        import inspect
+        from diffusion.evaluation.cas import pipeline_cas
+        from diffusion.evaluation.sampling import pipeline_call_kwargs
 
-        from diffusion.evaluation.cas import classification_accuracy_score
-        from diffusion.evaluation.sampling import generate_samples
-
-        accepted = set(inspect.signature(pipe.__call__).parameters)  # as evaluate() passes them
-
-        run = generate_samples(pipe, args.num_samples, seed=args.seed, batch_size=args.batch_size,
-                               call_kwargs={k: v for k, v in dict(
-                                   call, guidance_scale=kwargs["guidance_scale"],
-                                   **(kwargs["pipeline_kwargs"] or {})).items()
-                                   if v is not None and k in accepted},
-                               cache_dir=None if kwargs["cache_dir"] is None else
-                               _sample_cache(kwargs["cache_dir"]),
-                               autocast_dtype=kwargs["autocast_dtype"], progress=not args.quiet,
-                               shard_size=args.shard_size, class_prompts=kwargs.get("class_prompts"))
-        cas = classification_accuracy_score(run.images, run.labels, seed=args.seed,
-                                            max_steps=args.cas_steps)
+        cas = pipeline_cas(pipe, args.num_samples, seed=args.seed, batch_size=args.batch_size,
+                           call_kwargs=pipeline_call_kwargs(  # as evaluate() passed them
+                               pipe, kwargs.get("pipeline_kwargs"), **call,
+                               guidance_scale=kwargs["guidance_scale"]),
+                           cache_dir=kwargs["cache_dir"], autocast_dtype=kwargs["autocast_dtype"],
+                           progress=not args.quiet, shard_size=args.shard_size,
+                           class_prompts=kwargs.get("class_prompts"), max_steps=args.cas_steps)
         result.update(cas=cas["cas"], cas_real_accuracy=cas["real_accuracy"],
                       cas_ratio=cas["ratio"], cas_details=cas)
     if accelerator is not None and not accelerator.is_main_process:
@@ -376,12 +452,6 @@ def cmd_evaluate(args) -> int:
         Path(args.out).write_text(json.dumps(result, indent=2, default=str))
         print(f"wrote {args.out}")
     return 0
-
-
-def _sample_cache(cache_dir):
-    from diffusion.evaluation.evaluator import default_cache_dir
-
-    return Path(default_cache_dir() if cache_dir == "default" else cache_dir) / "samples"
 
 
 def cmd_sweep(args) -> int:
@@ -411,6 +481,46 @@ def cmd_sweep(args) -> int:
     metric = {"is": "inception_score"}.get(metric, metric)
     paths = plot_sweep(rows, out, metric=metric)
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, " + ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import json
+    import shlex
+
+    from diffusion.evaluation.compare import compare, plot_compare, write_markdown
+    from diffusion.evaluation.sweep import write_csv
+
+    if args.num_samples < 2 or args.batch_size < 1 or args.shard_size < 1:
+        raise SystemExit("error: --num-samples must be >= 2, --batch-size and --shard-size >= 1")
+    given = [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p", "num_beams")
+             if getattr(args, k) is not None]
+    if given:
+        raise SystemExit(f"error: {', '.join(given)}: compare uses each model's saved decoding "
+                         f"setting; evaluate one model with `evaluate` to vary it")
+    if not str(args.out).endswith(".md"):
+        raise SystemExit(f"error: --out must name a Markdown file (.md), got {args.out!r}")
+    kwargs = _eval_kwargs(args, None)
+    kwargs.pop("accelerator")
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        rows = compare(args.models, samplers=args.samplers.split(",") if args.samplers else None,
+                       steps=[int(n) for n in args.steps.split(",")] if args.steps else None,
+                       cas=args.cas, cas_steps=args.cas_steps, batch_sizes=batch_sizes,
+                       measure_memory=not args.no_memory, device=args.device,
+                       class_prompts=_class_prompts(args.prompts), **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    out = Path(args.out)
+    folder = out.with_suffix("")
+    write_csv(rows, folder / "compare.csv")
+    (folder / "compare.json").write_text(json.dumps(rows, indent=2, default=str))
+    metric = "fid" if "fid" in args.metrics.split(",") else None
+    plots = plot_compare(rows, folder, metric=metric) if metric else []
+    command = "python -m diffusion " + shlex.join(args.command_line)
+    write_markdown(rows, out, command=command, plots=plots)
+    print(f"wrote {out}, {folder / 'compare.csv'}, {folder / 'compare.json'}"
+          + "".join(f", {p}" for p in plots))
     return 0
 
 
@@ -460,6 +570,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_decoding_arguments(g)
     g.set_defaults(func=cmd_generate)
+    y = sub.add_parser("synthesize", help="export a labelled synthetic image-folder dataset",
+                       description="Generate --per-class images of every class and write them to "
+                                   "--out as <id>_<class>/*.png with metadata.jsonl and "
+                                   "synthesis.json: a dataset torchvision ImageFolder, Hugging "
+                                   "Face datasets (imagefolder) and training.data read as it is.")
+    y.add_argument("--model", default=None,
+                   help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST model")
+    y.add_argument("--per-class", type=int, required=True, help="images per class")
+    y.add_argument("--out", required=True, help="dataset folder to create (absent or empty)")
+    y.add_argument("--sampler", default=None,
+                   help="sampler name (default: the model's own scheduler)")
+    y.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
+    y.add_argument("--guidance-scale", type=float, default=None,
+                   help="guidance scale (default: 2.0 for diffusion; the saved setting for AR)")
+    y.add_argument("--seed", type=int, default=0, help="image i uses seed+i, class i %% K (default 0)")
+    y.add_argument("--batch-size", type=int, default=100, help="images per pipeline call")
+    y.add_argument("--bf16", action="store_true", help="sample under bfloat16 autocast")
+    y.add_argument("--prompts", default=None, metavar="SET",
+                   help="text-to-image models: the prompts per class: 'held-out', 'training' "
+                        "(Fashion-MNIST caption sets) or a JSON file of one list per class")
+    y.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds an earlier export")
+    y.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    y.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_decoding_arguments(y)
+    y.set_defaults(func=cmd_synthesize)
     e = sub.add_parser("evaluate", help="FID, KID, precision/recall, IS, accuracy (and CAS)",
                        description="Generate --num-samples images and score them against a real "
                                    "split; prints a table and writes JSON (--out).")
@@ -491,6 +627,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a reference row SAMPLER:STEPS drawn as a dashed line, e.g. ddpm:250")
     w.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
     w.set_defaults(func=cmd_sweep)
+    c = sub.add_parser("compare", help="every model side by side: quality, speed, memory, "
+                                       "parameters, training cost (Markdown + CSV + plots)",
+                       description="Evaluate every --models folder (diffusion at each --samplers x "
+                                   "--steps; GAN and VQ-VAE + prior with their saved settings) on "
+                                   "the same data and metrics, time them on this machine, and "
+                                   "write --out (Markdown, the command above the table) with "
+                                   "compare.csv, compare.json and plots beside it.")
+    c.add_argument("--models", nargs="+", required=True, metavar="DIR",
+                   help="model folders (save_pretrained), any family")
+    _add_eval_arguments(c, model=False)
+    c.add_argument("--samplers", default=None,
+                   help="diffusion models: comma-separated sampler names (default: each model's own)")
+    c.add_argument("--steps", default=None,
+                   help="diffusion models: comma-separated num_inference_steps (default 20)")
+    c.add_argument("--batch-sizes", default="1,16,64,256",
+                   help="batch sizes timed for throughput (default 1,16,64,256)")
+    c.add_argument("--cas", action="store_true", help="also CAS per row (trains a classifier each)")
+    c.add_argument("--cas-steps", type=int, default=None,
+                   help="classifier steps for --cas (default: the shipped config's)")
+    c.add_argument("--no-memory", action="store_true",
+                   help="skip the fresh-process peak-memory measurement on CPU")
+    c.add_argument("--out", default="runs/compare.md",
+                   help="Markdown table; CSV, JSON and plots go to the folder of the same name "
+                        "(default runs/compare.md -> runs/compare/)")
+    c.set_defaults(func=cmd_compare, metrics="fid,kid,precision,recall,accuracy")
     s = sub.add_parser("samplers", help="list the registered samplers")
     s.set_defaults(func=cmd_samplers)
     return parser
@@ -498,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     steps = getattr(args, "steps", 1)
     if getattr(args, "per_class", 1) < 1 or (isinstance(steps, int) and steps < 1) or \
             getattr(args, "batch_size", 1) < 1:

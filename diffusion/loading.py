@@ -78,3 +78,10 @@ def load_pipeline(path: Union[str, Path], device: Optional[str] = None, quiet: b
         pipe.to(device)
     pipe.set_progress_bar_config(disable=quiet)
     return pipe
+
+
+def model_folder_name(path: Union[str, Path]) -> str:
+    """A model's display name: its folder name, or for a training run's export
+    ``<output_dir>/final`` the run's folder name (``runs/my-run/final`` -> ``"my-run"``)."""
+    path = Path(path).resolve()
+    return path.parent.name if path.name == "final" else path.name

@@ -27,6 +27,9 @@ CLASS_MODEL = ("DIFFUSION_MODEL_PATH", default_model_path)
 NOTEBOOK_MODELS = {
     "01_quickstart.ipynb": CLASS_MODEL,
     "02_text_to_image.ipynb": ("DIFFUSION_TEXT_MODEL_PATH", default_text_model_path),
+    "03_samplers.ipynb": CLASS_MODEL,
+    "04_compare_families.ipynb": CLASS_MODEL,
+    "05_synthetic_data.ipynb": CLASS_MODEL,
 }
 
 

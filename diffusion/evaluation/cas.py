@@ -346,3 +346,36 @@ def classification_accuracy_score(synthetic_images: ArrayLike, synthetic_labels,
             "per_class": runs["synthetic"]["per_class"], "real_per_class": runs["real"]["per_class"],
             "class_names": class_names, "max_steps": cfg.train.max_steps, "seed": seed,
             "config": str(path), "seconds": time.perf_counter() - start}
+
+
+def pipeline_cas(pipe, num_samples: int, *, call_kwargs: Optional[dict] = None, seed: int = 0,
+                 batch_size: int = 250, cache_dir: Optional[PathLike] = "default",
+                 autocast_dtype: Optional[torch.dtype] = None, shard_size: int = 500,
+                 class_prompts=None, max_steps: Optional[int] = None,
+                 progress: bool = True) -> dict:
+    """:func:`classification_accuracy_score` of ``num_samples`` images of ``pipe``, drawn as
+    :func:`~diffusion.evaluation.evaluate` draws them (image ``i``: class ``i % K``, seed
+    ``seed + i``; ``call_kwargs`` as ``evaluate`` passes them), so the images of an evaluation
+    with the same settings come from the sample cache (``cache_dir/samples``; ``"default"``: the
+    evaluation cache, ``None``: no cache).
+
+    Returns:
+        The dict of :func:`classification_accuracy_score` (``cas``, ``real_accuracy``,
+        ``ratio``, ...).
+
+    Raises:
+        ValueError: an unconditional pipeline (CAS needs labels), or what generation raises.
+    """
+    from diffusion.evaluation.evaluator import default_cache_dir
+    from diffusion.evaluation.sampling import generate_samples
+
+    if cache_dir == "default":
+        cache_dir = default_cache_dir()
+    run = generate_samples(pipe, num_samples, seed=seed, batch_size=batch_size,
+                           call_kwargs=call_kwargs or {},
+                           cache_dir=None if cache_dir is None else Path(cache_dir) / "samples",
+                           autocast_dtype=autocast_dtype, progress=progress,
+                           shard_size=shard_size, class_prompts=class_prompts)
+    if run.labels is None:
+        raise ValueError("CAS needs class labels: the pipeline is unconditional")
+    return classification_accuracy_score(run.images, run.labels, seed=seed, max_steps=max_steps)

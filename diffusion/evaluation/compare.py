@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -95,14 +94,6 @@ def training_cost(folder: Optional[Union[str, Path]]) -> dict:
             "train_stages": len(stages)}
 
 
-def _conditions(pipeline, class_prompts):
-    from diffusion.evaluation.sampling import check_class_prompts
-
-    class_prompts = check_class_prompts(class_prompts)
-    k = len(class_prompts) if class_prompts is not None else getattr(pipeline, "num_classes", None)
-    return k, class_prompts
-
-
 def measure_throughput(pipeline, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, *,
                        call_kwargs: Optional[Mapping[str, Any]] = None,
                        class_prompts: Optional[Sequence[Sequence[str]]] = None,
@@ -118,12 +109,12 @@ def measure_throughput(pipeline, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZE
     Raises:
         ValueError: empty ``batch_sizes`` or a size < 1.
     """
-    from diffusion.evaluation.sampling import _generate_shard
+    from diffusion.evaluation.sampling import _generate_shard, checked_classes
 
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
         raise ValueError(f"batch_sizes must be ints >= 1, got {list(batch_sizes)}")
-    k, class_prompts = _conditions(pipeline, class_prompts)
+    class_prompts, k = checked_classes(pipeline, class_prompts)
     kwargs = dict(call_kwargs or {})
 
     def run(b: int) -> float:
@@ -180,7 +171,7 @@ def _memory_probe_main() -> None:
 
     import psutil
 
-    from diffusion.evaluation.sampling import _generate_shard
+    from diffusion.evaluation.sampling import _generate_shard, checked_classes
     from diffusion.loading import load_pipeline
 
     request = json.loads(sys.stdin.read())
@@ -197,7 +188,7 @@ def _memory_probe_main() -> None:
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
     pipe = load_pipeline(request["folder"], device="cpu", quiet=True)
-    k, class_prompts = _conditions(pipe, request["class_prompts"])
+    class_prompts, k = checked_classes(pipe, request["class_prompts"])
     dtype = getattr(torch, request["autocast"]) if request["autocast"] else None
     _generate_shard(pipe, 0, request["batch_size"], k, 0, request["batch_size"],
                     request["call_kwargs"], dtype, class_prompts)
@@ -207,9 +198,10 @@ def _memory_probe_main() -> None:
     print(json.dumps({"peak_memory_bytes": peak - baseline, "baseline_memory_bytes": baseline}))
 
 
-def _accepted(pipeline, name: str) -> bool:
-    params = inspect.signature(pipeline.__call__).parameters
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+def _takes_steps(pipeline) -> bool:
+    from diffusion.evaluation.sampling import pipeline_call_kwargs
+
+    return "num_inference_steps" in pipeline_call_kwargs(pipeline, num_inference_steps=1)
 
 
 def _row_configs(pipeline, samplers, steps) -> list[dict]:
@@ -217,7 +209,7 @@ def _row_configs(pipeline, samplers, steps) -> list[dict]:
     scheduler, 20 steps); one row for families without samplers."""
     from samplers import sampler_spec
 
-    if not _accepted(pipeline, "num_inference_steps"):
+    if not _takes_steps(pipeline):
         return [{}]
     from diffusion.evaluation.evaluator import _scheduler_name
 
@@ -267,8 +259,10 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
         ValueError: no models, an unknown sampler, or what ``evaluate`` raises.
         FileNotFoundError: a model folder does not exist.
     """
+    from diffusion.evaluation.cas import pipeline_cas
     from diffusion.evaluation.evaluator import evaluate
-    from diffusion.loading import load_pipeline
+    from diffusion.evaluation.sampling import pipeline_call_kwargs
+    from diffusion.loading import load_pipeline, model_folder_name
 
     if not models:
         raise ValueError("compare needs at least one model")
@@ -279,14 +273,13 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
         if folder is not None and not folder.is_dir():
             raise FileNotFoundError(f"no model folder at {folder}")
         pipe = load_pipeline(folder, device=device, quiet=True) if folder is not None else model
-        name = folder.name if folder is not None else type(pipe).__name__
+        name = model_folder_name(folder) if folder is not None else type(pipe).__name__
         prompts = class_prompts if getattr(pipe, "takes_text", False) else None
         scale = guidance_scale
-        if scale is None and _accepted(pipe, "num_inference_steps"):
+        if scale is None and _takes_steps(pipe):
             scale = 2.0
         for config in _row_configs(pipe, samplers, steps):
-            if scale is not None and _accepted(pipe, "guidance_scale"):
-                config = dict(config, guidance_scale=scale)
+            config = pipeline_call_kwargs(pipe, config, guidance_scale=scale)
             row = evaluate(pipe, metrics=metrics, num_samples=num_samples, progress=progress,
                            class_prompts=prompts, **config, **evaluate_kwargs)
             row.update(model=name, family=family_of(pipe), **count_parameters(pipe),
@@ -310,30 +303,17 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
             if row["peak_memory_bytes"] is not None:
                 row["peak_memory_mb"] = row["peak_memory_bytes"] / 2**20
             if cas:
-                row.update(_cas(pipe, config, prompts, num_samples, cas_steps, evaluate_kwargs))
+                result = pipeline_cas(
+                    pipe, num_samples, call_kwargs=config, class_prompts=prompts,
+                    max_steps=cas_steps, progress=False, **{k: evaluate_kwargs[k] for k in (
+                        "seed", "batch_size", "cache_dir", "autocast_dtype", "shard_size")
+                        if k in evaluate_kwargs})
+                row.update(cas=result["cas"], cas_real_accuracy=result["real_accuracy"],
+                           cas_ratio=result["ratio"])
             rows.append(row)
             if progress:
                 print(summary_line(row), flush=True)
     return rows
-
-
-def _cas(pipe, config, prompts, num_samples, cas_steps, evaluate_kwargs) -> dict:
-    """CAS of the row's images (the evaluation's sample cache is reused)."""
-    from diffusion.evaluation.cas import classification_accuracy_score
-    from diffusion.evaluation.evaluator import default_cache_dir
-    from diffusion.evaluation.sampling import generate_samples
-
-    cache = evaluate_kwargs.get("cache_dir", "default")
-    cache = default_cache_dir() if cache == "default" else cache
-    run = generate_samples(pipe, num_samples, seed=evaluate_kwargs.get("seed", 0),
-                           batch_size=evaluate_kwargs.get("batch_size", 250), call_kwargs=config,
-                           cache_dir=None if cache is None else Path(cache) / "samples",
-                           autocast_dtype=evaluate_kwargs.get("autocast_dtype"), progress=False,
-                           shard_size=evaluate_kwargs.get("shard_size", 500), class_prompts=prompts)
-    result = classification_accuracy_score(run.images, run.labels,
-                                           seed=evaluate_kwargs.get("seed", 0), max_steps=cas_steps)
-    return {"cas": result["cas"], "cas_real_accuracy": result["real_accuracy"],
-            "cas_ratio": result["ratio"]}
 
 
 def summary_line(row: Mapping[str, Any]) -> str:

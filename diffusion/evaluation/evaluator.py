@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import time
 from pathlib import Path
@@ -27,8 +26,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
-from diffusion.evaluation.sampling import (check_class_prompts, iter_sample_shards,
-                                           peak_memory_bytes, sample_settings, settings_key)
+from diffusion.evaluation.sampling import (checked_classes, iter_sample_shards,
+                                           peak_memory_bytes, pipeline_call_kwargs,
+                                           sample_settings, settings_key)
 from diffusion.hardware import hardware_description
 
 #: Every metric :func:`evaluate` knows. ``is`` is the Inception-Score-style score computed from the
@@ -230,15 +230,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
     metrics = _check_metrics(metrics)
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
-    class_prompts = check_class_prompts(class_prompts)
-    if class_prompts is not None and not getattr(pipeline, "takes_text", False):
-        raise ValueError(f"class_prompts needs a text-conditional pipeline; "
-                         f"{type(pipeline).__name__} has no text encoder")
-    k = len(class_prompts) if class_prompts is not None else getattr(pipeline, "num_classes", None)
-    if getattr(pipeline, "takes_text", False) and class_prompts is None \
-            and getattr(pipeline, "num_classes", None) is None:
-        raise ValueError("a text-to-image pipeline is evaluated on prompts: pass class_prompts "
-                         "(K lists of prompts, one per class of the reference data)")
+    class_prompts, k = checked_classes(pipeline, class_prompts)
     if "accuracy" in metrics and k is None:
         raise ValueError("'accuracy' needs a class-conditional pipeline (or class_prompts for a "
                          "text-to-image one); drop it from metrics")
@@ -259,14 +251,9 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         real = reference_features(network, dataset, reference_split, reference_num_samples,
                                   root=dataset_root, cache_dir=cache_dir)
 
-    call_kwargs = dict(pipeline_kwargs or {})
-    params = inspect.signature(pipeline.__call__).parameters
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    for name, value in (("sampler", sampler), ("num_inference_steps", num_inference_steps),
-                        ("guidance_scale", guidance_scale)):
-        # Diffusion settings reach only pipelines whose call takes them (a GAN has no sampler).
-        if value is not None and (takes_any or name in params):
-            call_kwargs[name] = value
+    call_kwargs = pipeline_call_kwargs(pipeline, pipeline_kwargs, sampler=sampler,
+                                       num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale)
     sample_cache = None if cache_dir is None or not cache_samples else Path(cache_dir) / "samples"
     fake, logits, labels = [], [], []
     seconds, nfe, generated, hardware = 0.0, 0, 0, {}

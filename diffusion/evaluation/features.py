@@ -232,8 +232,9 @@ class ClassifierFeatures(FeatureNetwork):
 
     Attributes:
         name: ``"<folder name>@<12 hex of sha256 of diffusion_pytorch_model.safetensors>"``, e.g.
-            ``"fashion-mnist-classifier@..."``; ``"classifier@<12 hex of sha256 of the
-            state_dict>"`` for an in-memory classifier.
+            ``"fashion-mnist-classifier@..."`` (a run's ``final`` export is named by the run's
+            folder); ``"classifier@<12 hex of sha256 of the state_dict>"`` for an in-memory
+            classifier.
 
     Raises:
         ValueError: both ``classifier`` and ``path`` given.
@@ -256,6 +257,7 @@ class ClassifierFeatures(FeatureNetwork):
             raise ValueError("give either classifier or path, not both")
         if classifier is None:
             from diffusion import default_classifier_path
+            from diffusion.loading import model_folder_name
             from diffusion.metrics import load_classifier
 
             folder = Path(path or default_classifier_path())
@@ -264,7 +266,7 @@ class ClassifierFeatures(FeatureNetwork):
                 raise FileNotFoundError(f"no classifier weights at {weights} (expected a folder "
                                         f"written by ImageClassifier.save_pretrained)")
             classifier = load_classifier(str(folder))
-            self.name = f"{folder.resolve().name}@{sha256_file(weights)[:12]}"
+            self.name = f"{model_folder_name(folder)}@{sha256_file(weights)[:12]}"
             if image_size is None:
                 image_size = _trained_image_size(folder)
         else:

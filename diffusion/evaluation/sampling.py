@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import resource
@@ -91,6 +92,8 @@ def pipeline_fingerprint(pipe) -> str:
     fingerprints generate the same images."""
     h = hashlib.sha256(type(pipe).__name__.encode())
     for name, component in sorted(pipe.components.items()):
+        if component is None:  # an absent optional component (a class model's text encoder)
+            continue
         h.update(name.encode())
         if isinstance(component, torch.nn.Module):
             for key, value in component.state_dict().items():
@@ -108,7 +111,7 @@ def pipeline_fingerprint(pipe) -> str:
         elif hasattr(component, "get_vocab"):  # a tokenizer: its class, vocabulary and length
             h.update(json.dumps([type(component).__name__, sorted(component.get_vocab().items()),
                                  getattr(component, "model_max_length", None)]).encode())
-        elif component is not None and not isinstance(component, torch.nn.Module):
+        elif not isinstance(component, torch.nn.Module):
             h.update(json.dumps(component, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -155,6 +158,40 @@ def check_class_prompts(class_prompts) -> Optional[list]:
         raise ValueError("class_prompts must be a non-empty list with, for each class, a prompt or a "
                          "non-empty list of prompts (str)")
     return out
+
+
+def checked_classes(pipe, class_prompts) -> tuple[Optional[list], Optional[int]]:
+    """``(class_prompts, K)`` of a run of ``pipe``: ``class_prompts`` checked by
+    :func:`check_class_prompts` and ``K`` its length, else ``K = pipe.num_classes`` (``None``
+    for an unconditional pipeline).
+
+    Raises:
+        ValueError: ``class_prompts`` malformed or given to a pipeline without a text encoder; a
+            text-to-image pipeline (no class ids) without ``class_prompts``.
+    """
+    class_prompts = check_class_prompts(class_prompts)
+    takes_text = getattr(pipe, "takes_text", False)
+    if class_prompts is not None and not takes_text:
+        raise ValueError(f"class_prompts needs a text-conditional pipeline; "
+                         f"{type(pipe).__name__} has no text encoder")
+    num_classes = getattr(pipe, "num_classes", None)
+    if takes_text and class_prompts is None and num_classes is None:
+        raise ValueError("a text-to-image pipeline is generated and evaluated on prompts: pass "
+                         "class_prompts (K lists of prompts, one per class)")
+    return class_prompts, len(class_prompts) if class_prompts is not None else num_classes
+
+
+def pipeline_call_kwargs(pipe, pipeline_kwargs: Optional[Mapping[str, Any]] = None,
+                         **options) -> dict:
+    """``pipeline_kwargs`` plus every ``options`` entry (e.g. ``sampler``,
+    ``num_inference_steps``, ``guidance_scale``) that is not ``None`` and that ``pipe.__call__``
+    takes: diffusion settings reach only pipelines whose call has them (a GAN has no sampler)."""
+    call_kwargs = dict(pipeline_kwargs or {})
+    params = inspect.signature(pipe.__call__).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    call_kwargs.update({name: value for name, value in options.items()
+                        if value is not None and (takes_any or name in params)})
+    return call_kwargs
 
 
 def image_conditions(lo: int, hi: int, k: Optional[int],

@@ -4,6 +4,7 @@ across processes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -138,6 +139,23 @@ def test_fingerprint_does_not_depend_on_where_the_model_was_loaded_from(pipe, tm
     b = DiffusionImagePipeline.from_pretrained(tmp_path / "b" / "c")
     assert a.unet.config._name_or_path != b.unet.config._name_or_path
     assert pipeline_fingerprint(a) == pipeline_fingerprint(b) == pipeline_fingerprint(pipe)
+
+
+def test_shipped_model_keeps_the_fingerprint_of_its_committed_evaluations():
+    """Reference value: the evaluation study's results (docs/results/evaluation/runs/*.json) name
+    the shipped model's fingerprint; it must not change while the weights do not (absent
+    optional components, e.g. a class model's empty text_encoder slot, are not hashed), or every
+    cached sample set of that model is silently regenerated."""
+    from diffusion import default_model_path
+    from diffusion.loading import load_pipeline
+
+    runs = Path(__file__).resolve().parents[2] / "docs" / "results" / "evaluation" / "runs"
+    recorded = {r.get("pipeline_fingerprint") for r in map(json.loads, map(Path.read_text,
+                                                                      runs.glob("*.json")))
+                if r.get("pipeline") == "DiffusionImagePipeline"}
+    pipe = load_pipeline(default_model_path(), quiet=True)
+    assert pipe.components["text_encoder"] is None
+    assert recorded - {None} == {pipeline_fingerprint(pipe)[:16]} == {"6849b8156e778f89"}
 
 
 # --- text-to-image runs: prompts per class ----------------------------------------------------
