@@ -161,3 +161,30 @@ def test_memory_is_measured_in_a_fresh_process_and_grows_with_the_batch(tmp_path
     assert small["baseline_memory_bytes"] > 100 * 2**20
     with pytest.raises(RuntimeError, match="memory probe"):
         measure_process_memory(tmp_path / "missing", 1)
+
+
+def test_cas_rows_train_on_the_rows_own_cached_images(tmp_path, monkeypatch):
+    """``cas=True`` hands each row's images (image i: class i % K, as evaluated) and its
+    ``cas_steps`` to CAS, and the row carries the result (CAS itself: tests/evaluation/test_cas.py)."""
+    from diffusion.evaluation import cas as cas_module
+    from diffusion.evaluation.sampling import generate_samples
+
+    seen = []
+
+    def fake_cas(images, labels, *, seed, max_steps):
+        seen.append((torch.as_tensor(images).clone(), torch.as_tensor(labels).clone(), max_steps))
+        return {"cas": 0.5 + len(seen) / 10, "real_accuracy": 0.9, "ratio": 1.0}
+
+    monkeypatch.setattr(cas_module, "classification_accuracy_score", fake_cas)
+    diffusion_dir, gan_dir = save_models(tmp_path)
+    real = TensorImageDataset(torch.rand(30, 1, 8, 8) * 2 - 1, torch.arange(30) % K, ["a", "b", "c"])
+    rows = compare([diffusion_dir, gan_dir], steps=[2], num_samples=6, metrics="fid", cas=True,
+                   cas_steps=7, dataset=real, feature_network=PixelFeatures(), batch_sizes=[1],
+                   latency_repeats=1, measure_memory=False, cache_dir=tmp_path / "cache",
+                   progress=False)
+    assert [(r["cas"], r["cas_real_accuracy"], r["cas_ratio"]) for r in rows] == [
+        (0.6, 0.9, 1.0), (0.7, 0.9, 1.0)]
+    expected = generate_samples(gan_pipe(), 6, cache_dir=None, progress=False)
+    images, labels, steps = seen[1]
+    assert steps == 7 and labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert torch.equal(torch.as_tensor(images), torch.as_tensor(expected.images))
