@@ -280,8 +280,6 @@ def _eval_setup(args):
     """(pipeline, accelerator or None, evaluate keyword arguments) from the shared arguments."""
     import os
 
-    import torch
-
     from diffusion import default_model_path
     from diffusion.loading import load_pipeline
 

@@ -24,6 +24,7 @@ REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+from diffusion.evaluation.features import FeatureNetwork  # noqa: E402
 from diffusion.pipeline import DiffusionImagePipeline  # noqa: E402
 from diffusion.unet import build_unet  # noqa: E402
 
@@ -205,3 +206,17 @@ def fresh_accelerate_state(monkeypatch):
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+class PixelFeatures(FeatureNetwork):
+    """The pixels themselves as features (64-d for 8x8 grayscale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.name, self.num_features, self.description = "pixels", 64, "8x8 pixels"
+        self.in_channels, self.image_size = (1,), (8, 8)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self._freeze()
+
+    def _features(self, x):
+        return x.flatten(1)

@@ -8,30 +8,15 @@ import json
 import pytest
 import torch
 
-from conftest import make_pipe, make_text_pipe, seeded_unet
+from conftest import PixelFeatures, make_pipe, make_text_pipe, seeded_unet
 from diffusion.evaluation import evaluate
 from diffusion.evaluation.compare import (compare, count_parameters, pareto_front, plot_compare,
                                           training_cost, write_markdown)
-from diffusion.evaluation.features import FeatureNetwork
 from diffusion.evaluation.sweep import read_csv, write_csv
 from diffusion.gan import ConditionalGenerator, GANPipeline
 from training.data import TensorImageDataset
 
 K = 3
-
-
-class PixelFeatures(FeatureNetwork):
-    """The pixels of 8x8 grayscale images as 64-d features."""
-
-    def __init__(self):
-        super().__init__()
-        self.name, self.num_features, self.description = "pixels", 64, "8x8 pixels"
-        self.in_channels, self.image_size = (1,), (8, 8)
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self._freeze()
-
-    def _features(self, x):
-        return x.flatten(1)
 
 
 def gan_pipe(image_size=8):

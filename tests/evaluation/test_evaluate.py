@@ -8,14 +8,13 @@ classifier's accuracy on those images computed directly.
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import forward_spy, make_pipe
+from conftest import PixelFeatures, forward_spy, make_pipe
 from diffusion.evaluation import evaluate
-from diffusion.evaluation.features import ClassifierFeatures, FeatureNetwork
+from diffusion.evaluation.features import ClassifierFeatures
 from diffusion.evaluation.real import RealImagesPipeline
 from diffusion.evaluation.sweep import plot_sweep, read_csv, sweep, sweep_plan, write_csv
 from training.data import TensorImageDataset, fashion_mnist
@@ -83,20 +82,6 @@ def test_reference_features_are_cached_by_dataset_split_network_and_n(replay, tm
     assert len(names) == 1 and names[0].startswith("fashion-mnist-test-n100-seed0-fashion-mnist-classifier@")
     evaluate(pipe, "fashion-mnist", reference_num_samples=120, **kw)
     assert len(list((tmp_path / "reference").iterdir())) == 2
-
-
-class PixelFeatures(FeatureNetwork):
-    """The pixels themselves as features (64-d for 8x8 grayscale)."""
-
-    def __init__(self):
-        super().__init__()
-        self.name, self.num_features, self.description = "pixels", 64, "8x8 pixels"
-        self.in_channels, self.image_size = (1,), (8, 8)
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self._freeze()
-
-    def _features(self, x):
-        return x.flatten(1)
 
 
 def test_any_pipeline_with_a_custom_feature_network(tmp_path):
