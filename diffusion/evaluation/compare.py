@@ -406,10 +406,8 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], out_dir: Union[str, Path],
     Raises:
         ImportError: matplotlib is missing (``pip install matplotlib``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): no backend switch, so notebooks keep their inline plots.
+    from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -424,7 +422,8 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], out_dir: Union[str, Path],
                                        "quality_vs_seconds.png", True),
                                       ("nfe", "NFE (network calls per image)", "quality_vs_nfe.png",
                                        True)):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        fig = Figure(figsize=(6.4, 4.4))
+        ax = fig.subplots()
         for r in rows:
             ax.scatter(r[x_key], r[metric], marker=markers.get(r["family"], "x"), s=50)
             ax.annotate(f"{r['model'].replace('fashion-mnist-', '')}\n{r['sampler']}",
@@ -442,7 +441,6 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], out_dir: Union[str, Path],
         ax.set_title(title, fontsize=8)
         fig.tight_layout()
         fig.savefig(out_dir / name, dpi=120)
-        plt.close(fig)
         paths.append(out_dir / name)
     return paths
 

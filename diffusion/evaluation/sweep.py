@@ -130,10 +130,8 @@ def plot_sweep(rows: Sequence[dict], out_dir: Union[str, Path], metric: str = "f
     Raises:
         ValueError: no row has ``metric``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): no backend switch, so notebooks keep their inline plots.
+    from matplotlib.figure import Figure
 
     rows = [r for r in rows if r.get(metric) is not None]
     if not rows:
@@ -146,7 +144,8 @@ def plot_sweep(rows: Sequence[dict], out_dir: Union[str, Path], metric: str = "f
     paths = []
     for x_key, x_label, name in (("nfe", "NFE (network calls per image)", "nfe"),
                                  ("seconds_per_image", "seconds per image", "seconds")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.subplots()
         for sampler in dict.fromkeys(r["sampler"] for r in rows if not r.get("reference")):
             pts = sorted((r[x_key], r[metric]) for r in rows
                          if r["sampler"] == sampler and not r.get("reference"))
@@ -171,6 +170,5 @@ def plot_sweep(rows: Sequence[dict], out_dir: Union[str, Path], metric: str = "f
         fig.tight_layout()
         path = out_dir / f"{metric}_vs_{name}.png"
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         paths.append(path)
     return paths
