@@ -426,7 +426,7 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], out_dir: Union[str, Path],
         ax = fig.subplots()
         for r in rows:
             ax.scatter(r[x_key], r[metric], marker=markers.get(r["family"], "x"), s=50)
-            ax.annotate(f"{r['model'].replace('fashion-mnist-', '')}\n{r['sampler']}",
+            ax.annotate(f"{r['model'].replace('fashion-mnist-', '')}\n{r['sampler']}, NFE {r['nfe']}",
                         (r[x_key], r[metric]), fontsize=7, xytext=(4, 2),
                         textcoords="offset points")
         if x_key == "seconds_per_image":
