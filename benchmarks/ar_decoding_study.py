@@ -23,7 +23,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "results" / "ar_decoding"

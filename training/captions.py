@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 import unicodedata
 from pathlib import Path

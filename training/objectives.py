@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import logging
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
