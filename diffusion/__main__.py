@@ -509,6 +509,9 @@ def cmd_compare(args) -> int:
                        class_prompts=_class_prompts(args.prompts), **kwargs)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
+    if args.dataset == "image-folder":  # name the folder, not the hash of its pixels
+        for row in rows:
+            row["reference_dataset"] = f"image folder {args.dataset_root}"
     out = Path(args.out)
     folder = out.with_suffix("")
     write_csv(rows, folder / "compare.csv")

@@ -76,6 +76,7 @@ def test_documented_commands_run_on_a_tiny_image_folder(tmp_path, monkeypatch):
     assert grid.mode == "RGB" and grid.size[0] > 32 * 2 and grid.size[1] > 32 * 3
     text = (tmp_path / "runs" / "my_compare.md").read_text()
     assert "python -m diffusion compare" in text and "| image-folder-diffusion | diffusion |" in text
+    assert "reference: image folder my_images (all 18 images)" in text
     (row,) = read_csv(tmp_path / "runs" / "my_compare" / "compare.csv")
     assert row["feature_network"].startswith("image-folder-classifier@")
     assert row["reference_n"] == 3 * 6 and row["n"] == 12 and 0 <= row["accuracy"] <= 1

@@ -338,10 +338,12 @@ def table_context(rows: Sequence[Mapping[str, Any]]) -> str:
     """What the numbers are: n, reference, feature network, generation dtype, hardware."""
     first = rows[0]
     ns = sorted({r["n"] for r in rows})
+    split = first.get("reference_split")
     parts = [f"n = {', '.join(f'{n:,}' for n in ns)} generated images per row (image i: class "
              f"i mod K, seed {first.get('seed', 0)} + i)",
-             f"reference: {first.get('reference_dataset')} {first.get('reference_split')} split "
-             f"({first.get('reference_n') or '?'} images)"]
+             f"reference: {first.get('reference_dataset')}"
+             f"{'' if split == 'all' else f' {split} split'} "
+             f"({'all ' if split == 'all' else ''}{first.get('reference_n') or '?'} images)"]
     if first.get("feature_network"):
         parts.append(f"features: {first['feature_network']} ({first.get('feature_description')}); "
                      "these FIDs compare with each other, not with Inception FIDs in papers")
