@@ -229,18 +229,27 @@ def _default_guidance(pipe, args) -> None:
         args.guidance_scale = 2.0
 
 
-def _add_eval_arguments(p: argparse.ArgumentParser, model: bool = True) -> None:
-    if model:
-        p.add_argument("--model", default=None,
-                       help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST "
-                            "model")
-    p.add_argument("--metrics", default="fid,kid,precision,recall,is,accuracy",
-                   help="comma-separated subset of fid,kid,precision,recall,is,accuracy")
-    p.add_argument("--num-samples", type=int, default=2000, help="images to generate (default 2000)")
+def _add_model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST model")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """Guidance, seeds and batch size of a run of images (evaluate, sweep, compare, synthesize)."""
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="guidance scale (default: 2.0 for diffusion; the saved setting for AR)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i, class i %% K (default 0)")
-    p.add_argument("--batch-size", type=int, default=250, help="images per pipeline call")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"images per pipeline call (default {batch_size})")
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser, model: bool = True) -> None:
+    if model:
+        _add_model_argument(p)
+    p.add_argument("--metrics", default="fid,kid,precision,recall,is,accuracy",
+                   help="comma-separated subset of fid,kid,precision,recall,is,accuracy")
+    p.add_argument("--num-samples", type=int, default=2000, help="images to generate (default 2000)")
+    _add_run_arguments(p, batch_size=250)
     p.add_argument("--features", default="classifier", choices=["classifier", "inception"],
                    help="feature network for FID/KID/precision/recall (default: the shipped "
                         "Fashion-MNIST classifier's 128-d penultimate features)")
@@ -542,8 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a grid (and/or per-image files)",
                        description="Generate images; by default a 10x10 grid (a row per class) "
                                    "from the shipped Fashion-MNIST model.")
-    g.add_argument("--model", default=None,
-                   help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST model")
+    _add_model_argument(g)
     g.add_argument("--classes", default="all",
                    help="comma-separated class ids or names (e.g. 0,7 or Sneaker,Bag), or 'all'")
     g.add_argument("--prompt", action="append", default=None,
@@ -576,17 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--out as <id>_<class>/*.png with metadata.jsonl and "
                                    "synthesis.json: a dataset torchvision ImageFolder, Hugging "
                                    "Face datasets (imagefolder) and training.data read as it is.")
-    y.add_argument("--model", default=None,
-                   help="pipeline folder (save_pretrained); default: the shipped Fashion-MNIST model")
+    _add_model_argument(y)
     y.add_argument("--per-class", type=int, required=True, help="images per class")
     y.add_argument("--out", required=True, help="dataset folder to create (absent or empty)")
     y.add_argument("--sampler", default=None,
                    help="sampler name (default: the model's own scheduler)")
     y.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
-    y.add_argument("--guidance-scale", type=float, default=None,
-                   help="guidance scale (default: 2.0 for diffusion; the saved setting for AR)")
-    y.add_argument("--seed", type=int, default=0, help="image i uses seed+i, class i %% K (default 0)")
-    y.add_argument("--batch-size", type=int, default=100, help="images per pipeline call")
+    _add_run_arguments(y, batch_size=100)
     y.add_argument("--bf16", action="store_true", help="sample under bfloat16 autocast")
     y.add_argument("--prompts", default=None, metavar="SET",
                    help="text-to-image models: the prompts per class: 'held-out', 'training' "
