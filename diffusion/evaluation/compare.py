@@ -103,7 +103,8 @@ def measure_throughput(pipeline, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZE
 
     Returns:
         ``seconds_per_image`` (median batch-1 call, seconds), ``images_per_second`` and
-        ``best_batch_size`` (the fastest of ``batch_sizes``), ``throughput`` ``{batch: images/s}``
+        ``best_batch_size`` (the fastest of ``batch_sizes`` and batch 1, which is always timed
+        for the latency), ``throughput`` ``{batch: images/s}``
         and, on CUDA, ``peak_memory_bytes`` of the best-batch call.
 
     Raises:
