@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -335,9 +336,10 @@ class InceptionFeatures(FeatureNetwork):
     to compare with published numbers). Then ``(x - 128) / 128`` and the network.
 
     Offline only: ``weights_path`` must exist, so torch-fidelity never takes its download branch
-    (it downloads only when the path is None). The file is first read with
-    ``torch.load(weights_only=True)``, so a pickle that carries code is refused before
-    torch-fidelity's own ``torch.load(weights_only=False)`` reads it.
+    (it downloads only when the path is None). The file is read once, with
+    ``torch.load(weights_only=True)`` (a pickle that carries code is refused), and torch-fidelity,
+    whose own loader unpickles without that guard, gets a private copy re-saved from those plain
+    tensors, never the user's file.
 
     Args:
         weights_path: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (a plain
@@ -382,19 +384,23 @@ class InceptionFeatures(FeatureNetwork):
                              f"weights_only=True failed: {e})") from e
         if not isinstance(state_dict, dict):
             raise ValueError(f"{weights_path} holds a {type(state_dict).__name__}, not a state_dict")
-        del state_dict
         if not digest.startswith(INCEPTION_SHA256_PREFIX):
             import warnings
 
             warnings.warn(f"{weights_path} (sha256 {digest[:12]}...) is not {INCEPTION_WEIGHTS_FILE}"
                           f": its features and FIDs are not comparable with published ones",
                           UserWarning, stacklevel=2)
-        try:
-            self.inception = NoTrainInceptionV3(
-                name="inception-v3-compat", features_list=["2048"],
-                feature_extractor_weights_path=str(weights_path), antialias=antialias)
-        except RuntimeError as e:  # load_state_dict: missing / unexpected keys, wrong shapes
-            raise ValueError(f"{weights_path} does not fit torch-fidelity's Inception-v3: {e}") from e
+        with tempfile.TemporaryDirectory() as tmp:  # plain tensors only: safe to unpickle
+            checked = Path(tmp) / "inception.pth"
+            torch.save(state_dict, checked)
+            del state_dict
+            try:
+                self.inception = NoTrainInceptionV3(
+                    name="inception-v3-compat", features_list=["2048"],
+                    feature_extractor_weights_path=str(checked), antialias=antialias)
+            except RuntimeError as e:  # load_state_dict: missing / unexpected keys, wrong shapes
+                raise ValueError(f"{weights_path} does not fit torch-fidelity's Inception-v3: "
+                                 f"{e}") from e
         self.antialias = antialias
         self.name = f"inception-v3-fid@{digest[:12]}"
         self.num_features = 2048
