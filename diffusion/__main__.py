@@ -45,10 +45,9 @@ def cmd_generate(args) -> int:
 
     from diffusion import default_model_path
     from diffusion.loading import load_pipeline
-    from samplers import list_samplers, sampler_name_of
+    from diffusion.evaluation.evaluator import _scheduler_name
 
-    if args.sampler is not None and args.sampler not in list_samplers():
-        raise SystemExit(f"error: unknown sampler {args.sampler!r}; choose one of {list_samplers()}")
+    _check_sampler_name(args.sampler)
     model = args.model or default_model_path()
     if not Path(model).is_dir():
         raise SystemExit(f"error: model folder {model!r} does not exist (train one with "
@@ -136,7 +135,7 @@ def cmd_generate(args) -> int:
             save_image(img, out_dir / f"{stem}.png")
         print(f"wrote {len(images)} PNG files to {out_dir}")
     if "num_inference_steps" in options:
-        sampler = args.sampler or sampler_name_of(pipe.scheduler) or type(pipe.scheduler).__name__
+        sampler = args.sampler or _scheduler_name(pipe)
         print(f"sampler={sampler} steps={args.steps} NFE={nfe} guidance_scale="
               f"{args.guidance_scale} seed={args.seed} time={time.time() - start:.1f}s")
     else:
@@ -149,6 +148,19 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _check_sampler_name(name) -> None:
+    """``--sampler`` unset or a registered name, else a CLI error listing the names."""
+    from samplers import list_samplers
+
+    if name is not None and name not in list_samplers():
+        raise SystemExit(f"error: unknown sampler {name!r}; choose one of {list_samplers()}")
+
+
+def _check_run_sizes(args) -> None:
+    if args.num_samples < 2 or args.batch_size < 1 or args.shard_size < 1:
+        raise SystemExit("error: --num-samples must be >= 2, --batch-size and --shard-size >= 1")
+
+
 def cmd_synthesize(args) -> int:
     import shlex
 
@@ -157,11 +169,9 @@ def cmd_synthesize(args) -> int:
     from diffusion import default_model_path
     from diffusion.loading import load_pipeline
     from diffusion.synthesize import synthesize
-    from samplers import list_samplers
     from training.data import FASHION_MNIST_CLASSES
 
-    if args.sampler is not None and args.sampler not in list_samplers():
-        raise SystemExit(f"error: unknown sampler {args.sampler!r}; choose one of {list_samplers()}")
+    _check_sampler_name(args.sampler)
     class_prompts = _class_prompts(args.prompts)
     try:
         pipe = load_pipeline(args.model or default_model_path(), device=args.device,
@@ -292,8 +302,7 @@ def _eval_setup(args):
     from diffusion import default_model_path
     from diffusion.loading import load_pipeline
 
-    if args.num_samples < 2 or args.batch_size < 1 or args.shard_size < 1:
-        raise SystemExit("error: --num-samples must be >= 2, --batch-size and --shard-size >= 1")
+    _check_run_sizes(args)
     if args.features == "inception" and not args.inception_weights:
         raise SystemExit("error: --features inception needs --inception-weights PATH (a local copy "
                          "of weights-inception-2015-12-05-6726825d.pth; nothing is downloaded)")
@@ -498,8 +507,7 @@ def cmd_compare(args) -> int:
     from diffusion.evaluation.compare import compare, plot_compare, write_markdown
     from diffusion.evaluation.sweep import write_csv
 
-    if args.num_samples < 2 or args.batch_size < 1 or args.shard_size < 1:
-        raise SystemExit("error: --num-samples must be >= 2, --batch-size and --shard-size >= 1")
+    _check_run_sizes(args)
     given = [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p", "num_beams")
              if getattr(args, k) is not None]
     if given:

@@ -53,7 +53,7 @@ def conditional_accuracy(pipe, classifier: ImageClassifier, num_samples: int = 1
         ValueError: ``num_samples`` < 1, or an unconditional pipeline.
     """
     from diffusion.evaluation.sampling import iter_sample_shards
-    from samplers import sampler_name_of
+    from diffusion.evaluation.evaluator import _scheduler_name
 
     k = pipe.num_classes
     if k is None:
@@ -77,8 +77,7 @@ def conditional_accuracy(pipe, classifier: ImageClassifier, num_samples: int = 1
     return {
         "accuracy": correct.mean().item(),
         "per_class": [correct[labels == c].mean().item() for c in range(k)],
-        "n": num_samples, "nfe": nfe, "sampler": sampler or sampler_name_of(pipe.scheduler)
-        or type(pipe.scheduler).__name__,
+        "n": num_samples, "nfe": nfe, "sampler": sampler or _scheduler_name(pipe),
         "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
         "seconds_per_image": seconds / num_samples,
     }
