@@ -10,7 +10,7 @@ diffusion/weights/fashion-mnist-ar --temperature 1.0 --top-k 0 --top-p 1.0 --gui
 --num-samples 1000 --metrics fid,kid,precision,recall,accuracy``. Image i: class i mod 10, seed i.
 
 Also the tokenizer's own figures: reconstruction MSE / PSNR on the whole test split and codebook
-usage over it (:func:`diffusion.vqvae.reconstruction_metrics`).
+usage over it (:func:`diffusion.models.vqvae.reconstruction_metrics`).
 
     python benchmarks/ar_decoding_study.py                # n = 1,000 per setting
     python benchmarks/ar_decoding_study.py --num-samples 2000 --settings default
@@ -53,7 +53,7 @@ def cli_command(model: str, name: str, n: int) -> str:
 def main(argv=None) -> int:
     from diffusion import WEIGHTS_DIR
     from diffusion.evaluation import evaluate
-    from diffusion.loading import load_pipeline
+    from diffusion.pipelines.loading import load_pipeline
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(WEIGHTS_DIR / "fashion-mnist-ar"))
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     if not args.report_only:
         tok = OUT / "tokenizer.json"
         if not tok.exists():
-            from diffusion.vqvae import reconstruction_metrics
-            from training.data import fashion_mnist
+            from diffusion.models.vqvae import reconstruction_metrics
+            from diffusion.data.datasets import fashion_mnist
 
             start = time.time()
             r = reconstruction_metrics(pipe.vqvae.eval(), fashion_mnist("test").images)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from diffusion import WEIGHTS_DIR
-from diffusion.autoregressive import TransformerPrior
+from diffusion.models.prior import TransformerPrior
 from samplers.decoding import decode
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ CHILD = r"""
 import json, sys, time, torch
 from diffusion import default_model_path
 from diffusion.evaluation import evaluate
-from diffusion.loading import load_pipeline
+from diffusion.pipelines.loading import load_pipeline
 args = json.loads(sys.argv[1])
 pipe = load_pipeline(default_model_path(), quiet=True)
 start = time.perf_counter()

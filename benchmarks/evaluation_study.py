@@ -73,7 +73,7 @@ def run_config(c: dict, pipe, cas: bool) -> dict:
 
     if c["part"] == "floor":
         from diffusion.evaluation.real import RealImagesPipeline
-        from training.data import fashion_mnist
+        from diffusion.data.datasets import fashion_mnist
 
         r = evaluate(RealImagesPipeline(fashion_mnist("train")), num_samples=c["n"],
                      cache_dir=CACHE, progress=False)
@@ -209,7 +209,7 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true", help="only rebuild the Markdown page")
     args = p.parse_args()
     from diffusion import default_model_path
-    from diffusion.loading import load_pipeline
+    from diffusion.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(default_model_path(), quiet=True)
     configs = study_configs(pipe.scheduler)

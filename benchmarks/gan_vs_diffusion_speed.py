@@ -29,7 +29,7 @@ import time
 import torch
 
 from diffusion import WEIGHTS_DIR, default_model_path
-from diffusion.loading import load_pipeline
+from diffusion.pipelines.loading import load_pipeline
 from samplers import DEFAULT_SAMPLER
 
 #: the shipped GAN (used when ``--gan`` is not given)

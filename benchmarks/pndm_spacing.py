@@ -18,7 +18,7 @@ from diffusers import PNDMScheduler
 
 from diffusion import default_model_path
 from diffusion.evaluation import evaluate
-from diffusion.loading import load_pipeline
+from diffusion.pipelines.loading import load_pipeline
 from samplers import training_schedule
 
 

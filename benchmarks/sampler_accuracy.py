@@ -22,7 +22,8 @@ import torch
 
 def main(argv=None) -> int:
     from diffusion import DiffusionImagePipeline, default_model_path
-    from diffusion.metrics import conditional_accuracy, load_classifier
+    from diffusion.evaluation.accuracy import conditional_accuracy
+    from diffusion.models.classifier import load_classifier
     from samplers import DEFAULT_SAMPLER, list_samplers
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion.conditioning import load_text_encoder
-from training.captions import FASHION_MNIST_HELD_OUT_PROMPTS, FASHION_MNIST_TRAINING_PROMPTS
+from diffusion.data.captions import FASHION_MNIST_HELD_OUT_PROMPTS, FASHION_MNIST_TRAINING_PROMPTS
 
 
 def embeddings(prompts, tokenizer, encoder) -> dict[str, torch.Tensor]:

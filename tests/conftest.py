@@ -23,10 +23,12 @@ from diffusers import DDPMScheduler
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+# ``from training_helpers import ...`` works from every test folder (not only tests/training).
+sys.path.append(str(Path(__file__).resolve().parent / "training"))
 
 from diffusion.evaluation.features import FeatureNetwork  # noqa: E402
-from diffusion.pipeline import DiffusionImagePipeline  # noqa: E402
-from diffusion.unet import build_unet  # noqa: E402
+from diffusion.pipelines.diffusion import DiffusionImagePipeline  # noqa: E402
+from diffusion.models.unet import build_unet  # noqa: E402
 
 NUM_CLASSES = 3
 SAMPLE_SIZE = 8

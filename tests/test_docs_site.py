@@ -5,7 +5,7 @@ reference shows every module of the three packages and every public name in them
 and classes it defines at top level whose names do not start with ``_``. A name a package
 re-exports (e.g. ``diffusion.DiffusionImagePipeline``) counts as shown when the module that
 defines it is shown. mkdocstrings gives every rendered object an HTML ``id`` equal to its path
-(``id="diffusion.pipeline.DiffusionImagePipeline"``); those ids are what is checked.
+(``id="diffusion.pipelines.diffusion.DiffusionImagePipeline"``); those ids are what is checked.
 
 To document a new module, add ``::: package.module`` to one of ``docs/api/*.md``.
 """

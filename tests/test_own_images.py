@@ -57,7 +57,7 @@ def test_the_page_documents_four_commands():
 @pytest.mark.slow
 def test_documented_commands_run_on_a_tiny_image_folder(tmp_path, monkeypatch):
     from diffusion.__main__ import main as diffusion_main
-    from diffusion.loading import load_pipeline
+    from diffusion.pipelines.loading import load_pipeline
     from diffusion.evaluation.sweep import read_csv
     from training.__main__ import main as training_main
 

@@ -11,7 +11,7 @@ Both run through the one loop of :mod:`training.loop` (``train.objective=vqvae``
    once (:meth:`PriorObjective.prepare_dataset`), then the prior learns next-token cross-entropy
    with the class replaced by the null class with probability ``prior.cond_drop_prob``.
    Evaluation: a grid per class and the shipped classifier's accuracy on ``prior.eval_num_samples``
-   samples. Export: the :class:`~diffusion.autoregressive.AutoregressivePipeline` (VQ-VAE + prior).
+   samples. Export: the :class:`~diffusion.pipelines.autoregressive.AutoregressivePipeline` (VQ-VAE + prior).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from training.data import TokenDataset
+from diffusion.data.datasets import TokenDataset
 from training.objectives import Objective
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 def resolve_vqvae_path(path) -> str:
     """The folder of a saved VQ-VAE: ``path`` itself (a stage-1 export, ``<output_dir>/final``) or
-    the ``vqvae/`` subfolder of a saved :class:`~diffusion.autoregressive.AutoregressivePipeline`
+    the ``vqvae/`` subfolder of a saved :class:`~diffusion.pipelines.autoregressive.AutoregressivePipeline`
     (e.g. the shipped ``diffusion/weights/fashion-mnist-ar``, to reuse its tokenizer).
 
     Raises:
@@ -60,7 +60,7 @@ def _grid_labels(num_classes, n: int = 10):
 
 
 class VQVAEObjective(Objective):
-    """Stage 1: train :class:`diffusion.vqvae.VQVAE` on images in [-1, 1].
+    """Stage 1: train :class:`diffusion.models.vqvae.VQVAE` on images in [-1, 1].
 
     Loss: ``mean((x_hat - x)^2) + commit_loss`` (the commitment term is weighted inside the
     quantizer by ``vqvae.commitment_weight``). No EMA of the weights: the codebook already is an
@@ -71,7 +71,7 @@ class VQVAEObjective(Objective):
 
     def __init__(self, cfg, num_classes, class_names=()):
         super().__init__(cfg, num_classes, class_names)
-        from diffusion.vqvae import VQVAE
+        from diffusion.models.vqvae import VQVAE
 
         v, d = cfg.vqvae, cfg.data
         self.modules["model"] = VQVAE(
@@ -107,12 +107,12 @@ class VQVAEObjective(Objective):
 
     def evaluate(self, modules, generator):
         """MSE and PSNR (on the [0, 1] scale) and codebook usage over all of ``data.eval_split``
-        (:func:`diffusion.vqvae.reconstruction_metrics`); a grid with 10 originals (top row) over
+        (:func:`diffusion.models.vqvae.reconstruction_metrics`); a grid with 10 originals (top row) over
         their reconstructions."""
         from torchvision.utils import make_grid
 
-        from diffusion.vqvae import reconstruction_metrics
-        from training.data import load_dataset
+        from diffusion.models.vqvae import reconstruction_metrics
+        from diffusion.data import load_dataset
 
         model = modules["model"]
         d = self.cfg.data
@@ -137,13 +137,13 @@ class VQVAEObjective(Objective):
 
 
 class PriorObjective(Objective):
-    """Stage 2: train :class:`diffusion.autoregressive.TransformerPrior` on the tokens of the
+    """Stage 2: train :class:`diffusion.models.prior.TransformerPrior` on the tokens of the
     frozen VQ-VAE at ``prior.vqvae_path``."""
 
     def __init__(self, cfg, num_classes, class_names=()):
         super().__init__(cfg, num_classes, class_names)
-        from diffusion.autoregressive import TransformerPrior
-        from diffusion.vqvae import VQVAE
+        from diffusion.models.prior import TransformerPrior
+        from diffusion.models.vqvae import VQVAE
 
         p, d = cfg.prior, cfg.data
         self.vqvae = VQVAE.from_pretrained(resolve_vqvae_path(p.vqvae_path)).eval().requires_grad_(False)
@@ -159,7 +159,7 @@ class PriorObjective(Objective):
 
     def prepare_dataset(self, dataset):
         """Tokenise ``dataset`` (images in [-1, 1]) once with the frozen VQ-VAE, fp32, 1,000 images
-        per batch; returns a :class:`training.data.TokenDataset` with the same labels."""
+        per batch; returns a :class:`diffusion.data.datasets.TokenDataset` with the same labels."""
         start = time.time()
         tokens = torch.cat([self.vqvae.tokenize(dataset.images[i:i + 1000].float())
                             for i in range(0, len(dataset), 1000)])
@@ -182,7 +182,7 @@ class PriorObjective(Objective):
         return loss, {"loss": loss.item(), "bits_per_token": loss.item() / 0.6931471805599453}
 
     def pipeline(self, prior):
-        from diffusion.autoregressive import AutoregressivePipeline
+        from diffusion.pipelines.autoregressive import AutoregressivePipeline
 
         p = self.cfg.prior
         pipe = AutoregressivePipeline(

@@ -34,7 +34,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """U-Net size (diffusion) - see :func:`diffusion.unet.build_unet`."""
+    """U-Net size (diffusion) - see :func:`diffusion.models.unet.build_unet`."""
 
     block_out_channels: Tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 2
@@ -63,7 +63,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Evaluation classifier - see :class:`diffusion.classifier.ImageClassifier`."""
+    """Evaluation classifier - see :class:`diffusion.models.classifier.ImageClassifier`."""
 
     channels: Tuple[int, ...] = (32, 64, 128)
     dropout: float = 0.3
@@ -92,7 +92,7 @@ class GANConfig:
 
 @dataclass(frozen=True)
 class VQVAEConfig:
-    """VQ-VAE tokenizer (stage 1 of the autoregressive baseline) - see :class:`diffusion.vqvae.VQVAE`."""
+    """VQ-VAE tokenizer (stage 1 of the autoregressive baseline) - see :class:`diffusion.models.vqvae.VQVAE`."""
 
     channels: Tuple[int, ...] = (32, 64)   # per stride-2 stage; 28 -> 7x7 tokens with two
     num_res_blocks: int = 1
@@ -106,7 +106,7 @@ class VQVAEConfig:
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """Transformer prior over VQ-VAE tokens (stage 2) - see :class:`diffusion.autoregressive.TransformerPrior`."""
+    """Transformer prior over VQ-VAE tokens (stage 2) - see :class:`diffusion.models.prior.TransformerPrior`."""
 
     vqvae_path: Optional[str] = None   # folder of the frozen stage-1 VQ-VAE (its export, or a
                                        # pipeline's vqvae/ subfolder); required

@@ -14,9 +14,9 @@ Example::
     ...                   ["train.max_steps=20", "train.output_dir=/tmp/run"])  # doctest: +SKIP
     >>> final_dir = train(cfg)                                                  # doctest: +SKIP
 
-An in-memory :class:`training.data.TensorImageDataset` replaces ``cfg.data``'s training split::
+An in-memory :class:`diffusion.data.datasets.TensorImageDataset` replaces ``cfg.data``'s training split::
 
-    >>> from training.data import TensorImageDataset
+    >>> from diffusion.data.datasets import TensorImageDataset
     >>> ds = TensorImageDataset(images, labels, class_names)                    # doctest: +SKIP
     >>> final_dir = train(cfg, dataset=ds)                                      # doctest: +SKIP
 """
@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from training.config import ExperimentConfig, to_flat_dict, to_yaml
 from diffusion.hardware import hardware_description
-from training.data import TensorImageDataset, load_dataset
+from diffusion.data import TensorImageDataset, load_dataset
 from training.objectives import build_objective
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class Trainer:
     Args:
         cfg: the experiment config.
         accelerator: an ``Accelerator`` to use (default: one built from ``cfg.train``).
-        dataset: optional in-memory :class:`training.data.TensorImageDataset` (float
+        dataset: optional in-memory :class:`diffusion.data.datasets.TensorImageDataset` (float
             ``(N, C, H, W)`` in [-1, 1], int64 labels, ``class_names``) trained on instead of the
             dataset named by ``cfg.data``. ``data.subset`` still applies to it (a random subset
             seeded by ``train.seed``); ``data.channels`` and ``data.image_size`` must describe

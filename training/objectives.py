@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
-from diffusion.classifier import ImageClassifier
-from diffusion.pipeline import DiffusionImagePipeline
-from diffusion.unet import build_unet
+from diffusion.models.classifier import ImageClassifier
+from diffusion.pipelines.diffusion import DiffusionImagePipeline
+from diffusion.models.unet import build_unet
 from samplers.diffusion import build_sampler
 from training.config import ExperimentConfig
 
@@ -36,7 +36,7 @@ BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "sigmoid": 
 class Objective:
     """The seam between the loop and a model family. Subclasses set ``self.modules``."""
 
-    #: the loop's training set (:class:`training.data.TensorImageDataset`, images in [-1, 1]),
+    #: the loop's training set (:class:`diffusion.data.datasets.TensorImageDataset`, images in [-1, 1]),
     #: set by :class:`training.loop.Trainer`; for evaluations that compare with real images
     train_data = None
 
@@ -214,7 +214,7 @@ class ClassifierObjective(Objective):
         return loss, {"loss": loss.item(), "train_accuracy": acc}
 
     def evaluate(self, modules, generator):
-        from training.data import load_dataset
+        from diffusion.data import load_dataset
 
         if self._eval_data is None:
             d = self.cfg.data
@@ -292,7 +292,7 @@ class GANObjective(Objective):
 
     def __init__(self, cfg, num_classes, class_names=()):
         super().__init__(cfg, num_classes, class_names)
-        from diffusion.gan import ConditionalGenerator, ProjectionDiscriminator
+        from diffusion.models.gan import ConditionalGenerator, ProjectionDiscriminator
         from training.diffaugment import parse_policy
 
         g, d = cfg.gan, cfg.data
@@ -361,7 +361,7 @@ class GANObjective(Objective):
         return loss, {"g_loss": loss.item(), "d_fake": d_fake.mean().item()}
 
     def pipeline(self, generator_model):
-        from diffusion.gan import GANPipeline
+        from diffusion.pipelines.gan import GANPipeline
 
         pipe = GANPipeline(generator_model=generator_model, class_names=self.class_names or None)
         pipe.set_progress_bar_config(disable=True)
@@ -386,7 +386,7 @@ class GANObjective(Objective):
         (``self._real_diversity``); ``None`` features (with one log line) when they do not apply."""
         from diffusion.evaluation.diversity import class_diversity
         from diffusion.evaluation.features import ClassifierFeatures
-        from training.data import load_dataset
+        from diffusion.data import load_dataset
 
         d = self.cfg.data
         try:

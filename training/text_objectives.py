@@ -4,7 +4,7 @@ states as cross-attention context (Rombach et al. 2022, sec. 3.3; frozen encoder
 al. 2022) instead of a class label.
 
 Data: a captioned dataset (``data.name`` = ``fashion-mnist-captions``, ``emoji`` or
-``image-folder-captions``; :mod:`training.captions`) whose batches are ``(images, captions)``.
+``image-folder-captions``; :mod:`diffusion.data.captions`) whose batches are ``(images, captions)``.
 Each caption is replaced by the empty prompt (the null condition) with probability
 ``text.caption_drop_prob``, so guidance works. Captions are encoded through one
 :class:`diffusion.conditioning.PromptEmbeddingCache` per run: each distinct caption passes the
@@ -21,13 +21,13 @@ from training.objectives import DiffusionObjective, Objective
 class TextDiffusionObjective(DiffusionObjective):
     """Train a ``UNet2DConditionModel`` (``build_unet(cross_attention_dim=hidden size)``, no
     class table) on captioned images; samples and export use a
-    :class:`~diffusion.pipeline.DiffusionImagePipeline` holding the text encoder and tokenizer."""
+    :class:`~diffusion.pipelines.diffusion.DiffusionImagePipeline` holding the text encoder and tokenizer."""
 
     def __init__(self, cfg, num_classes, class_names=()):
         Objective.__init__(self, cfg, num_classes, class_names)
         from diffusion.conditioning import (PromptEmbeddingCache, load_text_encoder,
                                             text_encoder_hidden_size)
-        from diffusion.unet import build_unet
+        from diffusion.models.unet import build_unet
         from training.objectives import training_scheduler
 
         m = cfg.model
@@ -52,7 +52,7 @@ class TextDiffusionObjective(DiffusionObjective):
                                    encoder_attention_mask=mask.to(x0.device))
 
     def pipeline(self, unet):
-        from diffusion.pipeline import DiffusionImagePipeline
+        from diffusion.pipelines.diffusion import DiffusionImagePipeline
         from samplers.diffusion import build_sampler
 
         pipe = DiffusionImagePipeline(unet=unet, scheduler=build_sampler(self.cfg.diffusion.sampler,

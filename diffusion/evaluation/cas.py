@@ -113,7 +113,7 @@ def _checked_labels(labels, n: Optional[int], num_classes: int, what: str = "lab
 
 
 def _real_split(cfg, split: str):
-    from training.data import load_dataset
+    from diffusion.data import load_dataset
 
     d = cfg.data
     return load_dataset(d.name, split=split, root=d.root, image_size=d.image_size, channels=d.channels)
@@ -142,7 +142,7 @@ def _caller_state_kept():
 
 def _fit_and_test(cfg, dataset, test, output_dir: Optional[PathLike], device) -> dict:
     """Train on ``dataset`` with :func:`training.loop.train`, then test the exported classifier."""
-    from diffusion.classifier import ImageClassifier
+    from diffusion.models.classifier import ImageClassifier
     from training.loop import train
 
     keep = output_dir is not None
@@ -172,7 +172,7 @@ def matched_real_subset(real, labels: torch.Tensor, *, n: Optional[int] = None, 
     in the same order.
 
     Args:
-        real: a :class:`training.data.TensorImageDataset` (e.g. the Fashion-MNIST train split).
+        real: a :class:`diffusion.data.datasets.TensorImageDataset` (e.g. the Fashion-MNIST train split).
         labels: int64 ``(N,)`` class ids in ``[0, real.num_classes)``.
         n: subset size (default ``N``).
         seed: seed of the permutation.
@@ -186,13 +186,13 @@ def matched_real_subset(real, labels: torch.Tensor, *, n: Optional[int] = None, 
 
     Example::
 
-        >>> from training.data import fashion_mnist
+        >>> from diffusion.data.datasets import fashion_mnist
         >>> train = fashion_mnist("train")                                          # doctest: +SKIP
         >>> sub = matched_real_subset(train, torch.arange(1000) % 10, seed=0)       # doctest: +SKIP
         >>> torch.bincount(sub.labels).tolist()                                     # doctest: +SKIP
         [100, 100, 100, 100, 100, 100, 100, 100, 100, 100]
     """
-    from training.data import TensorImageDataset
+    from diffusion.data.datasets import TensorImageDataset
 
     k = real.num_classes
     labels = _checked_labels(labels, None, k)
@@ -237,7 +237,7 @@ def train_classifier(images: ArrayLike, labels, *, input_range: str = "uint8",
         seed: training seed (initial weights, batch order, augmentation, dropout).
         output_dir: where the run (checkpoint, TensorBoard log, exported classifier under
             ``final/``) is kept; default a temporary folder, deleted afterwards.
-        test: a :class:`training.data.TensorImageDataset` to test on; default the real
+        test: a :class:`diffusion.data.datasets.TensorImageDataset` to test on; default the real
             ``data.eval_split`` of the config's dataset (Fashion-MNIST test, 10,000 images).
         class_names: names of the ``K`` classes; default ``test.class_names``.
         device: where the trained classifier is tested; default CUDA if available, else CPU.
@@ -259,13 +259,13 @@ def train_classifier(images: ArrayLike, labels, *, input_range: str = "uint8",
 
     Example::
 
-        >>> from training.data import fashion_mnist
+        >>> from diffusion.data.datasets import fashion_mnist
         >>> real = fashion_mnist("train").subset(1000, seed=0)                       # doctest: +SKIP
         >>> uint8 = ((real.images + 1) * 127.5).round().to(torch.uint8)            # doctest: +SKIP
         >>> train_classifier(uint8, real.labels, max_steps=200)["accuracy"]         # doctest: +SKIP
         0.78
     """
-    from training.data import TensorImageDataset
+    from diffusion.data.datasets import TensorImageDataset
 
     start = time.perf_counter()
     cfg, path = _load_classifier_config(config, overrides, max_steps, seed)
@@ -323,7 +323,7 @@ def classification_accuracy_score(synthetic_images: ArrayLike, synthetic_labels,
         >>> score = classification_accuracy_score(run.images, run.labels)            # doctest: +SKIP
         >>> score["cas"], score["real_accuracy"], score["ratio"]                     # doctest: +SKIP
     """
-    from training.data import TensorImageDataset
+    from diffusion.data.datasets import TensorImageDataset
 
     start = time.perf_counter()
     cfg, path = _load_classifier_config(config, overrides, max_steps, seed)

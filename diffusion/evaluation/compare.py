@@ -173,7 +173,7 @@ def _memory_probe_main() -> None:
     import psutil
 
     from diffusion.evaluation.sampling import _generate_shard, checked_classes
-    from diffusion.loading import load_pipeline
+    from diffusion.pipelines.loading import load_pipeline
 
     request = json.loads(sys.stdin.read())
     process = psutil.Process()
@@ -212,9 +212,9 @@ def _row_configs(pipeline, samplers, steps) -> list[dict]:
 
     if not _takes_steps(pipeline):
         return [{}]
-    from diffusion.evaluation.evaluator import _scheduler_name
+    from samplers import sampler_name
 
-    names = list(samplers) if samplers else [_scheduler_name(pipeline)]
+    names = list(samplers) if samplers else [sampler_name(pipeline)]
     for name in names:
         sampler_spec(name)  # unknown name -> ValueError listing the registry
     return [{"sampler": s, "num_inference_steps": int(n)} for s in names for n in (steps or [20])]
@@ -263,7 +263,7 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
     from diffusion.evaluation.cas import pipeline_cas
     from diffusion.evaluation.evaluator import evaluate
     from diffusion.evaluation.sampling import pipeline_call_kwargs
-    from diffusion.loading import load_pipeline, model_folder_name
+    from diffusion.pipelines.loading import load_pipeline, model_folder_name
 
     if not models:
         raise ValueError("compare needs at least one model")

@@ -30,6 +30,8 @@ from diffusion.evaluation.sampling import (checked_classes, iter_sample_shards,
                                            peak_memory_bytes, pipeline_call_kwargs,
                                            sample_settings, settings_key)
 from diffusion.hardware import hardware_description
+from diffusion.paths import default_cache_dir
+from samplers import sampler_name
 
 #: Every metric :func:`evaluate` knows. ``is`` is the Inception-Score-style score computed from the
 #: evaluation classifier's probabilities (not Inception-v3's).
@@ -37,11 +39,6 @@ METRICS = ("fid", "kid", "precision", "recall", "is", "accuracy")
 DEFAULT_METRICS = METRICS
 _FEATURE_METRICS = {"fid", "kid", "precision", "recall"}
 _CLASSIFIER_METRICS = {"is", "accuracy"}
-
-
-def default_cache_dir() -> Path:
-    """``$DIFFUSION_CENTRIC_CACHE`` or ``~/.cache/diffusion-centric``."""
-    return Path(os.environ.get("DIFFUSION_CENTRIC_CACHE", "~/.cache/diffusion-centric")).expanduser()
 
 
 def _dataset_tag(dataset) -> str:
@@ -53,15 +50,15 @@ def _dataset_tag(dataset) -> str:
 
 def load_reference(dataset: Union[str, Any] = "fashion-mnist", split: str = "test",
                    num_samples: Optional[int] = None, root: Optional[str] = None, seed: int = 0):
-    """Real images for the reference statistics: a :class:`training.data.TensorImageDataset`
+    """Real images for the reference statistics: a :class:`diffusion.data.datasets.TensorImageDataset`
     (float ``(N, C, H, W)`` in [-1, 1]). ``dataset`` is a name for
-    :func:`training.data.load_dataset` or a ``TensorImageDataset``; ``num_samples`` keeps a seeded
+    :func:`diffusion.data.load_dataset` or a ``TensorImageDataset``; ``num_samples`` keeps a seeded
     subset (``None``: the whole split).
 
     Raises:
         ValueError: unknown dataset name or split, or ``num_samples`` larger than the split.
     """
-    from training.data import load_dataset
+    from diffusion.data import load_dataset
 
     ds = load_dataset(dataset, split=split, root=root) if isinstance(dataset, str) else dataset
     if num_samples is not None and num_samples != len(ds):
@@ -144,16 +141,6 @@ def compute_metrics(fake_features: Optional[torch.Tensor], real_features: Option
 
 
 @torch.no_grad()
-def _scheduler_name(pipeline) -> Optional[str]:
-    """The sampler name of the pipeline's own scheduler (its class name if not registered)."""
-    from samplers import sampler_name_of
-
-    scheduler = getattr(pipeline, "scheduler", None)
-    if scheduler is None:
-        return None
-    return sampler_name_of(scheduler) or type(scheduler).__name__
-
-
 def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
              metrics: Sequence[str] = DEFAULT_METRICS, num_samples: int = 2000,
              batch_size: int = 250, sampler: Optional[str] = None,
@@ -203,7 +190,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         shard_size: images per cached shard (the unit of resume and of the process split).
         pipeline_kwargs: further arguments for the pipeline call (part of the cache key).
         class_prompts: for a text-to-image pipeline: K lists of prompts, one list per class of
-            the reference data (e.g. ``training.captions.FASHION_MNIST_HELD_OUT_PROMPTS``); image
+            the reference data (e.g. ``diffusion.data.captions.FASHION_MNIST_HELD_OUT_PROMPTS``); image
             ``i`` is prompted with class ``i % K``'s prompts in turn and labelled ``i % K``, so
             ``accuracy`` measures whether the prompt's class was drawn.
 
@@ -293,7 +280,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         eval_seconds=time.perf_counter() - start, generated=generated,
         peak_memory_bytes=peak_memory_bytes(device),
         pipeline=type(pipeline).__name__,
-        sampler=call_kwargs.get("sampler") or _scheduler_name(pipeline),
+        sampler=call_kwargs.get("sampler") or sampler_name(pipeline),
         num_inference_steps=call_kwargs.get("num_inference_steps"),
         guidance_scale=call_kwargs.get("guidance_scale"),
         seed=seed, batch_size=batch_size,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffusion.classifier import ImageClassifier
+from diffusion.models.classifier import ImageClassifier
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -217,7 +217,7 @@ class FeatureNetwork(nn.Module):
 
 
 class ClassifierFeatures(FeatureNetwork):
-    """Penultimate features of a :class:`~diffusion.classifier.ImageClassifier`.
+    """Penultimate features of a :class:`~diffusion.models.classifier.ImageClassifier`.
 
     ``features = classifier.features(2 * x - 1)``: the global-average-pooled last conv level
     (128-d for the shipped Fashion-MNIST classifier), no resizing, no channel tiling. The FID
@@ -257,9 +257,9 @@ class ClassifierFeatures(FeatureNetwork):
         if classifier is not None and path is not None:
             raise ValueError("give either classifier or path, not both")
         if classifier is None:
-            from diffusion import default_classifier_path
-            from diffusion.loading import model_folder_name
-            from diffusion.metrics import load_classifier
+            from diffusion.paths import default_classifier_path
+            from diffusion.pipelines.loading import model_folder_name
+            from diffusion.models.classifier import load_classifier
 
             folder = Path(path or default_classifier_path())
             weights = folder / "diffusion_pytorch_model.safetensors"
@@ -272,7 +272,7 @@ class ClassifierFeatures(FeatureNetwork):
                 image_size = _trained_image_size(folder)
         else:
             if not isinstance(classifier, ImageClassifier):
-                raise TypeError(f"classifier must be a diffusion.classifier.ImageClassifier, "
+                raise TypeError(f"classifier must be a diffusion.models.classifier.ImageClassifier, "
                                 f"got {type(classifier).__name__}")
             self.name = f"classifier@{_sha256_state_dict(classifier)[:12]}"
         self.classifier = classifier

@@ -7,7 +7,7 @@ under those settings (FID > 0 at finite n; precision and recall < 1).
 
 Example::
 
-    >>> from training.data import fashion_mnist
+    >>> from diffusion.data.datasets import fashion_mnist
     >>> from diffusion.evaluation import evaluate
     >>> from diffusion.evaluation.real import RealImagesPipeline
     >>> floor = evaluate(RealImagesPipeline(fashion_mnist("train")), num_samples=10_000)  # doctest: +SKIP
@@ -28,7 +28,7 @@ class RealImagesPipeline:
     return the ``s``-th image of the permuted dataset.
 
     Args:
-        dataset: a :class:`training.data.TensorImageDataset` (float ``(N, C, H, W)`` in [-1, 1]).
+        dataset: a :class:`diffusion.data.datasets.TensorImageDataset` (float ``(N, C, H, W)`` in [-1, 1]).
         seed: the permutation's seed.
 
     Output (``output_type="pt"``): float ``(B, C, H, W)`` in [0, 1]; ``nfe`` is 0.
@@ -66,7 +66,7 @@ class RealImagesPipeline:
                                      f"{s} needs the {s // k}-th")
                 pos.append(members[s // k])
             idx = torch.stack(pos)
-        from diffusion.pipeline import to_output
+        from diffusion.pipelines.base import to_output
 
         out = SimpleNamespace(images=to_output(self.images[idx], output_type), nfe=0)
         return out if return_dict else (out.images,)

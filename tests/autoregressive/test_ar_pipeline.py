@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from diffusion.autoregressive import DEFAULT_DECODING, AutoregressivePipeline, TransformerPrior
-from diffusion.loading import load_pipeline
-from diffusion.vqvae import VQVAE
+from diffusion.pipelines.autoregressive import DEFAULT_DECODING, AutoregressivePipeline
+from diffusion.models.prior import TransformerPrior
+from diffusion.pipelines.loading import load_pipeline
+from diffusion.models.vqvae import VQVAE
 from samplers.decoding import decode
 
 K = 3
@@ -208,7 +209,7 @@ def test_a_fresh_process_loads_a_saved_pipeline_by_folder(tmp_path):
     from pathlib import Path
 
     tiny_pipe().save_pretrained(tmp_path / "ar", safe_serialization=True)
-    code = ("from diffusion.loading import load_pipeline; "
+    code = ("from diffusion.pipelines.loading import load_pipeline; "
             f"p = load_pipeline({str(tmp_path / 'ar')!r}, quiet=True); print(type(p.vqvae).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[2])

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion.autoregressive import AutoregressivePipeline
-from diffusion.loading import load_pipeline
-from diffusion.vqvae import VQVAE
+from diffusion.pipelines.autoregressive import AutoregressivePipeline
+from diffusion.pipelines.loading import load_pipeline
+from diffusion.models.vqvae import VQVAE
 from training.ar_objectives import PriorObjective, VQVAEObjective
 from training.config import load_config
-from training.data import TensorImageDataset, TokenDataset
+from diffusion.data.datasets import TensorImageDataset, TokenDataset
 from training.loop import Trainer
 
 K = 3

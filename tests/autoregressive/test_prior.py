@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion.autoregressive import TransformerPrior
+from diffusion.models.prior import TransformerPrior
 
 V, N, K = 16, 12, 3
 

@@ -6,7 +6,7 @@ import torch
 
 from diffusion import default_ar_path
 from diffusion.evaluation import evaluate
-from diffusion.loading import load_pipeline
+from diffusion.pipelines.loading import load_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def text_model_dir(tmp_path_factory):
 def test_generate_with_prompts_writes_a_row_per_prompt(text_model_dir, tmp_path, capsys):
     import torch
 
-    from diffusion.loading import load_pipeline
+    from diffusion.pipelines.loading import load_pipeline
 
     out, out_dir = tmp_path / "grid.png", tmp_path / "imgs"
     assert main(["generate", "--model", text_model_dir, "--prompt", "a red apple", "--prompt",

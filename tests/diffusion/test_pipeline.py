@@ -19,7 +19,8 @@ from conftest import (
     make_pipe,
     seeded_unet,
 )
-from diffusion.pipeline import DiffusionImagePipeline, GenerationOutput, normalize_class_labels
+from diffusion.pipelines.diffusion import DiffusionImagePipeline
+from diffusion.pipelines.base import GenerationOutput, normalize_class_labels
 from samplers import build_sampler, list_samplers, sampler_spec
 
 SAMPLERS = list_samplers()

@@ -8,7 +8,8 @@ import torch
 
 from diffusion import (WEIGHTS_DIR, DiffusionImagePipeline, default_ar_path, default_classifier_path,
                        default_gan_path, default_model_path, default_text_model_path)
-from diffusion.metrics import conditional_accuracy, load_classifier
+from diffusion.evaluation.accuracy import conditional_accuracy
+from diffusion.models.classifier import load_classifier
 from samplers import list_samplers
 
 SHIPPED = [Path(default_model_path()), Path(default_classifier_path()), Path(default_gan_path()),
@@ -32,7 +33,7 @@ def test_shipped_weights_are_safetensors_under_25_mb_with_model_cards():
 
 @pytest.mark.slow
 def test_shipped_classifier_reaches_92_percent_on_the_real_test_split():
-    from training.data import load_dataset
+    from diffusion.data import load_dataset
 
     try:
         test = load_dataset("fashion-mnist", split="test")
@@ -85,8 +86,9 @@ def test_shipped_text_model_draws_the_prompted_classes(prompt_set, floor):
     the training captions, and the held-out paraphrases never trained on. The n = 1,000 figures
     (0.983 and 0.624, fp32) are in the model card; the floors catch a broken model or encoder."""
     from diffusion.evaluation import evaluate
-    from diffusion.loading import load_pipeline
-    from training.captions import FASHION_MNIST_HELD_OUT_PROMPTS, FASHION_MNIST_TRAINING_PROMPTS
+    from diffusion.pipelines.loading import load_pipeline
+    from diffusion.data.captions import (FASHION_MNIST_HELD_OUT_PROMPTS,
+                                         FASHION_MNIST_TRAINING_PROMPTS)
 
     prompts = {"training": FASHION_MNIST_TRAINING_PROMPTS,
                "held-out": FASHION_MNIST_HELD_OUT_PROMPTS}[prompt_set]

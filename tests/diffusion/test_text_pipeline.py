@@ -20,9 +20,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from conftest import (TEXT_DIM, TINY_TEXT_UNET, forward_spy, generators, make_pipe,
                       make_text_pipe, seeded_text_unet)
 from diffusion.conditioning import build_tiny_text_encoder, encode_prompt, load_tokenizer
-from diffusion.loading import load_pipeline
-from diffusion.pipeline import DiffusionImagePipeline
-from diffusion.unet import build_unet, cross_attention_dim_of, num_classes_of
+from diffusion.pipelines.loading import load_pipeline
+from diffusion.pipelines.diffusion import DiffusionImagePipeline
+from diffusion.models.unet import build_unet, cross_attention_dim_of, num_classes_of
 
 STEPS = 3
 DIM = TEXT_DIM  # text encoder hidden size = the U-Net's cross_attention_dim

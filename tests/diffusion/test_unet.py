@@ -7,7 +7,7 @@ import torch
 from diffusers import UNet2DModel
 
 from conftest import NUM_CLASSES, TINY_UNET, seeded_unet
-from diffusion.unet import build_unet, check_image_size, downsample_factor, num_classes_of
+from diffusion.models.unet import build_unet, check_image_size, downsample_factor, num_classes_of
 
 # Small 3-level U-Net at 28x28 (the Fashion-MNIST size): same layout as the default, fewer channels.
 SMALL_28 = dict(sample_size=28, in_channels=1, num_classes=10, block_out_channels=(8, 16, 16),

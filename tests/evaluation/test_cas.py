@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.classifier import ImageClassifier
+from diffusion.models.classifier import ImageClassifier
 from diffusion.evaluation.cas import (classification_accuracy_score, default_config_path,
                                       matched_real_subset, train_classifier)
 from training import loop
-from training.data import (DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, TensorImageDataset,
-                           fashion_mnist, images_to_tensor)
+from diffusion.data.datasets import (DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES,
+                                     TensorImageDataset, fashion_mnist, images_to_tensor)
 
 #: The shipped classifier's recipe, scaled down: 150 steps of a channels-8-16 CNN at a higher
 #: learning rate, fp32, 1 thread (test accuracy ~0.62 from 1,000 real images).

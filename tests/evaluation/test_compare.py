@@ -13,8 +13,9 @@ from diffusion.evaluation import evaluate
 from diffusion.evaluation.compare import (compare, count_parameters, pareto_front, plot_compare,
                                           training_cost, write_markdown)
 from diffusion.evaluation.sweep import read_csv, write_csv
-from diffusion.gan import ConditionalGenerator, GANPipeline
-from training.data import TensorImageDataset
+from diffusion.models.gan import ConditionalGenerator
+from diffusion.pipelines.gan import GANPipeline
+from diffusion.data.datasets import TensorImageDataset
 
 K = 3
 

@@ -17,7 +17,7 @@ from diffusion.evaluation import evaluate
 from diffusion.evaluation.features import ClassifierFeatures
 from diffusion.evaluation.real import RealImagesPipeline
 from diffusion.evaluation.sweep import plot_sweep, read_csv, sweep, sweep_plan, write_csv
-from training.data import TensorImageDataset, fashion_mnist
+from diffusion.data.datasets import TensorImageDataset, fashion_mnist
 
 PER_CLASS = 30
 
@@ -196,7 +196,7 @@ def test_two_processes_split_the_generation_and_agree_with_one(tmp_path):
     from training_helpers import free_port, run_python
 
     from diffusion import default_model_path
-    from diffusion.loading import load_pipeline
+    from diffusion.pipelines.loading import load_pipeline
 
     cache, out = tmp_path / "cache", tmp_path / "e.json"
     args = ["--num-samples", "40", "--shard-size", "10", "--batch-size", "10", "--steps", "2",
@@ -221,7 +221,7 @@ def test_two_processes_split_the_generation_and_agree_with_one(tmp_path):
 def test_text_pipeline_accuracy_scores_each_image_against_its_prompt_s_class():
     from conftest import make_text_pipe
     from diffusion.evaluation.sampling import generate_samples, image_conditions
-    from diffusion.metrics import load_classifier
+    from diffusion.models.classifier import load_classifier
 
     pipe = make_text_pipe(sample_size=28)
     prompts = [[f"class {c} photo", f"class {c} drawing"] for c in range(10)]
@@ -253,7 +253,7 @@ def test_prompt_arguments_are_checked_before_generation(which, kwargs, match):
 def test_evaluate_command_on_a_text_model_takes_prompt_sets(tmp_path, capsys):
     from conftest import make_text_pipe
     from diffusion.__main__ import main
-    from training.captions import FASHION_MNIST_HELD_OUT_PROMPTS
+    from diffusion.data.captions import FASHION_MNIST_HELD_OUT_PROMPTS
 
     model = tmp_path / "model"
     make_text_pipe(sample_size=28).save_pretrained(model)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffusion import default_classifier_path
-from diffusion.classifier import ImageClassifier
+from diffusion.models.classifier import ImageClassifier
 from diffusion.evaluation import (
     INCEPTION_WEIGHTS_FILE,
     INCEPTION_WEIGHTS_URL,

@@ -131,7 +131,7 @@ def test_bad_arguments_raise_before_any_generation(pipe, kwargs, match):
 
 
 def test_fingerprint_does_not_depend_on_where_the_model_was_loaded_from(pipe, tmp_path):
-    from diffusion.pipeline import DiffusionImagePipeline
+    from diffusion.pipelines.diffusion import DiffusionImagePipeline
 
     for folder in ("a", "b/c"):
         pipe.save_pretrained(tmp_path / folder)
@@ -147,7 +147,7 @@ def test_shipped_model_keeps_the_fingerprint_of_its_committed_evaluations():
     optional components, e.g. a class model's empty text_encoder slot, are not hashed), or every
     cached sample set of that model is silently regenerated."""
     from diffusion import default_model_path
-    from diffusion.loading import load_pipeline
+    from diffusion.pipelines.loading import load_pipeline
 
     runs = Path(__file__).resolve().parents[2] / "docs" / "results" / "evaluation" / "runs"
     recorded = {r.get("pipeline_fingerprint") for r in map(json.loads, map(Path.read_text,

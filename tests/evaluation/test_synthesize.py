@@ -1,5 +1,5 @@
-"""``diffusion.synthesize`` and ``python -m diffusion synthesize``: the exported image folder reads
-back through torchvision, Hugging Face ``datasets`` and ``training.data`` with the pipeline's class
+"""``diffusion.evaluation.synthesize`` and ``python -m diffusion synthesize``: the exported image folder reads
+back through torchvision, Hugging Face ``datasets`` and ``diffusion.data.datasets`` with the pipeline's class
 ids as labels, and every PNG is the pipeline's own image for its class and seed."""
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from PIL import Image
 
 from conftest import make_pipe, make_text_pipe, seeded_unet
 from diffusion.__main__ import main
-from diffusion.autoregressive import AutoregressivePipeline, TransformerPrior
-from diffusion.gan import ConditionalGenerator, GANPipeline
-from diffusion.pipeline import DiffusionImagePipeline
-from diffusion.synthesize import class_folder_names, synthesize
-from diffusion.vqvae import VQVAE
-from training.captions import FASHION_MNIST_HELD_OUT_PROMPTS
-from training.data import FASHION_MNIST_CLASSES, load_dataset
+from diffusion.pipelines.autoregressive import AutoregressivePipeline
+from diffusion.models.prior import TransformerPrior
+from diffusion.models.gan import ConditionalGenerator
+from diffusion.pipelines.gan import GANPipeline
+from diffusion.pipelines.diffusion import DiffusionImagePipeline
+from diffusion.evaluation.synthesize import class_folder_names, synthesize
+from diffusion.models.vqvae import VQVAE
+from diffusion.data.captions import FASHION_MNIST_HELD_OUT_PROMPTS
+from diffusion.data import FASHION_MNIST_CLASSES, load_dataset
 
 NAMES = ["T-shirt/top", "Trouser", "Bag"]
 K, PER_CLASS = 3, 4

@@ -10,9 +10,9 @@ import torch
 from diffusion.evaluation.diversity import (COLLAPSE_THRESHOLD, class_diversity, collapsed_classes,
                                             diversity_ratios, mean_pairwise_distance)
 from diffusion.evaluation.features import ClassifierFeatures
-from diffusion.gan import ConditionalGenerator
+from diffusion.models.gan import ConditionalGenerator
 from training.config import load_config
-from training.data import TensorImageDataset, fashion_mnist
+from diffusion.data.datasets import TensorImageDataset, fashion_mnist
 from training.objectives import DIVERSITY_PER_CLASS, GANObjective
 
 

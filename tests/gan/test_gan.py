@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.gan import ConditionalGenerator, GANPipeline, ProjectionDiscriminator, draw_latents
-from diffusion.loading import load_pipeline
+from diffusion.models.gan import ConditionalGenerator, ProjectionDiscriminator
+from diffusion.pipelines.gan import GANPipeline, draw_latents
+from diffusion.pipelines.loading import load_pipeline
 from training.config import load_config
-from training.data import TensorImageDataset
+from diffusion.data.datasets import TensorImageDataset
 from training.diffaugment import (cutout_mask, diff_augment, parse_policy, sample_augment_params,
                                   translate)
 from training.loop import Trainer
@@ -416,7 +417,7 @@ def test_resume_equals_a_straight_run_and_exports_a_gan_pipeline(dataset, tmp_pa
 
 def test_evaluate_scores_a_gan_and_ignores_diffusion_settings(pipe, tmp_path):
     from diffusion.evaluation import evaluate
-    from training.data import TensorImageDataset
+    from diffusion.data.datasets import TensorImageDataset
 
     real = TensorImageDataset(torch.rand(30, 1, 28, 28) * 2 - 1, torch.arange(30) % NUM_CLASSES,
                               ["a", "b", "c"])

@@ -4,7 +4,7 @@ import pytest
 
 from diffusion import default_gan_path
 from diffusion.evaluation import evaluate
-from diffusion.loading import load_pipeline
+from diffusion.pipelines.loading import load_pipeline
 
 
 def test_shipped_gan_meets_its_accuracy_bar():

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from diffusion import default_model_path
-from diffusion.gan import ConditionalGenerator, GANPipeline
+from diffusion.models.gan import ConditionalGenerator
+from diffusion.pipelines.gan import GANPipeline
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gan_vs_diffusion_speed.py"
 
@@ -32,7 +33,7 @@ def gan_dir(tmp_path):
 
 
 def test_generate_all_uses_one_seed_per_image_whatever_the_batch(bench, gan_dir):
-    from diffusion.loading import load_pipeline
+    from diffusion.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(gan_dir, quiet=True)
     pipe.set_progress_bar_config(disable=True)

@@ -147,7 +147,7 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     assert load_config(_write(tmp_path, to_yaml(cfg))) == cfg
     if cfg.train.objective == "diffusion":
         # the U-Net it describes can be built (catches group / attention mistakes in the YAML)
-        from diffusion.unet import build_unet
+        from diffusion.models.unet import build_unet
 
         m: ModelConfig = cfg.model
         build_unet(sample_size=cfg.data.image_size, in_channels=cfg.data.channels,

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from training import objectives
 from training.__main__ import main
 from training.config import load_config
-from training.data import (DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, TensorImageDataset,
-                           fashion_mnist, images_to_tensor)
+from diffusion.data.datasets import (DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES,
+                                     TensorImageDataset, fashion_mnist, images_to_tensor)
 from training.loop import CHECKPOINT_PREFIX, Trainer, _resume_path, list_checkpoints
 from training_helpers import REPO, TINY, free_port, make_fashion_root, run_python, write_idx
 

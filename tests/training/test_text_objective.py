@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.loading import load_pipeline
+from diffusion.pipelines.loading import load_pipeline
 from training.config import load_config
 from training.loop import Trainer
 from training_helpers import TINY

@@ -1,4 +1,4 @@
-"""Tests for :mod:`diffusion.vqvae`: shapes, tokens, codebook learning (EMA, k-means, dead-code
+"""Tests for :mod:`diffusion.models.vqvae`: shapes, tokens, codebook learning (EMA, k-means, dead-code
 restarts), training on Fashion-MNIST, save/load, metrics, bf16 autocast and input errors."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import diffusion.vqvae as vqvae_module
-from diffusion.vqvae import VQVAE, VQVAEOutput, codebook_usage, reconstruction_metrics
+import diffusion.models.vqvae as vqvae_module
+from diffusion.models.vqvae import VQVAE, VQVAEOutput, codebook_usage, reconstruction_metrics
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SMALL = dict(channels=(16, 32), codebook_size=64, codebook_dim=16)  # ~75k parameters
@@ -214,7 +214,7 @@ def test_ema_updates_in_train_mode_only(trained_small):
 # -- training on real data ----------------------------------------------------------------------
 @pytest.mark.skipif(not FASHION_MNIST.exists(), reason="Fashion-MNIST not installed")
 def test_short_training_reduces_reconstruction_error():
-    from training.data import load_dataset
+    from diffusion.data import load_dataset
 
     x = load_dataset("fashion-mnist", split="test").images[:256]
     with torch.random.fork_rng(devices=[]):
@@ -403,7 +403,7 @@ def work(rank, world, port, folder):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from diffusion.vqvae import VQVAE
+    from diffusion.models.vqvae import VQVAE
     torch.manual_seed(0)  # same initial weights on both processes
     model = VQVAE(channels=(8, 16), codebook_size=64, codebook_dim=8)
     ddp = torch.nn.parallel.DistributedDataParallel(model)

@@ -1,4 +1,4 @@
-"""training/data.py: IDX reader, Fashion-MNIST lookup and errors, image folders, seeded subsets."""
+"""diffusion/data/datasets.py + registry.py: IDX reader, Fashion-MNIST lookup and errors, image folders, seeded subsets."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from training import data
-from training.data import (DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, TensorImageDataset,
-                           fashion_mnist, image_folder, images_to_tensor, load_dataset)
+from diffusion.data import datasets as data
+from diffusion.data import load_dataset
+from diffusion.data.datasets import (DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES,
+                                     TensorImageDataset, fashion_mnist, image_folder,
+                                     images_to_tensor)
 from training_helpers import synthetic_images, write_idx
 
 

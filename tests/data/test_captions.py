@@ -1,4 +1,4 @@
-"""training/captions.py: the captioned dataset type, emoji rendering and cache, Fashion-MNIST
+"""diffusion/data/captions.py: the captioned dataset type, emoji rendering and cache, Fashion-MNIST
 prompts (training vs held-out), image folders with captions, and the name dispatch."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from training import captions as cap
-from training.captions import (CLDR_ANNOTATIONS_EN, FASHION_MNIST_HELD_OUT_PROMPTS,
-                               FASHION_MNIST_TRAINING_PROMPTS, NOTO_COLOR_EMOJI,
-                               CaptionedImageDataset, emoji_dataset, fashion_mnist_captions,
-                               held_out_prompts, image_folder_captions, load_captioned_dataset,
-                               training_prompts)
-from training.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES
+from diffusion.data import captions as cap
+from diffusion.data.captions import (CLDR_ANNOTATIONS_EN, FASHION_MNIST_HELD_OUT_PROMPTS,
+                                     FASHION_MNIST_TRAINING_PROMPTS, NOTO_COLOR_EMOJI,
+                                     CaptionedImageDataset, emoji_dataset, fashion_mnist_captions,
+                                     held_out_prompts, image_folder_captions,
+                                     load_captioned_dataset, training_prompts)
+from diffusion.data.datasets import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES
 from training_helpers import synthetic_images, write_idx
 
 needs_font = pytest.mark.skipif(not NOTO_COLOR_EMOJI.is_file(),
@@ -341,7 +341,7 @@ def test_load_captioned_dataset_dispatch(tmp_path, monkeypatch):
 
 
 def test_load_dataset_emoji_needs_three_channels(emoji, monkeypatch):
-    from training.data import load_dataset
+    from diffusion.data import load_dataset
 
     monkeypatch.setitem(cap._CAPTIONED, "emoji", lambda seed=0, **kw: emoji)
     with pytest.raises(ValueError, match=r"'emoji' has 3-channel images but channels=1 was "

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from diffusion.classifier import ImageClassifier
-from diffusion.metrics import conditional_accuracy
+from diffusion.models.classifier import ImageClassifier
+from diffusion.evaluation.accuracy import conditional_accuracy
 from conftest import make_pipe
 
 

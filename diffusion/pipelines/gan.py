@@ -1,0 +1,144 @@
+"""The GAN pipeline: ``x = G(z, y)``, one generator forward per image (NFE = 1), with the shared
+call signature (plus ``latents`` and ``truncation``).
+
+Example::
+
+    >>> import torch
+    >>> from diffusion.models.gan import ConditionalGenerator
+    >>> from diffusion.pipelines.gan import GANPipeline
+    >>> g = ConditionalGenerator(latent_dim=16, num_classes=10, channels=(32, 16)).eval()
+    >>> pipe = GANPipeline(generator_model=g)
+    >>> out = pipe(class_labels=[7], num_images_per_prompt=2, output_type="pt",
+    ...            generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    >>> out.images.shape, out.nfe
+    (torch.Size([2, 1, 28, 28]), 1)
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from diffusion.models.gan import ConditionalGenerator
+from diffusion.pipelines.base import (ImagePipeline, check_class_inputs, check_class_names,
+                                      check_generators_and_latents, eval_mode)
+
+#: smallest latent truncation threshold accepted (rejection resampling needs ~1 / P(|z| < t)
+#: rounds: about 125 at t = 0.01)
+MIN_TRUNCATION = 0.01
+
+
+def draw_latents(batch: int, latent_dim: int, generator=None, truncation: Optional[float] = None,
+                 device=None, dtype=torch.float32) -> torch.Tensor:
+    """``z ~ N(0, I)`` float ``(batch, latent_dim)``; with ``truncation=t`` every component with
+    ``|z_i| > t`` is redrawn until none is (the truncation trick of Brock et al. 2019, sec. 3.1,
+    i.e. a normal truncated to ``[-t, t]``). Components already inside keep their value, so the
+    truncated latent of a seed equals the untruncated one wherever ``|z_i| <= t``.
+
+    ``generator``: ``None``, one ``torch.Generator``, or a list of ``batch`` generators (row ``i``
+    drawn from generator ``i`` only, so an image does not depend on its batch). Draws happen on
+    each generator's device (CPU if ``None``) and move to ``device``.
+    """
+    gens = generator if isinstance(generator, list) else [generator]
+    rows = [batch] if not isinstance(generator, list) else [1] * batch
+    parts = []
+    for g, n in zip(gens, rows):
+        where = g.device if g is not None else "cpu"
+        z = torch.randn(n, latent_dim, generator=g, device=where)
+        if truncation is not None:
+            outside = z.abs() > truncation
+            while outside.any():
+                z[outside] = torch.randn(int(outside.sum()), generator=g, device=where)
+                outside = z.abs() > truncation
+        parts.append(z)
+    return torch.cat(parts).to(device=device, dtype=dtype)
+
+
+class GANPipeline(ImagePipeline):
+    """Class-conditional GAN sampling: ``x = G(z, y)`` with one generator forward (NFE = 1).
+
+    Components: ``generator_model`` (:class:`ConditionalGenerator`; named so because ``generator``
+    is the call's random-generator argument) and config ``class_names``.
+    """
+
+    model_cpu_offload_seq = "generator_model"
+    def __init__(self, generator_model: ConditionalGenerator, class_names: Optional[List[str]] = None):
+        super().__init__()
+        self.register_modules(generator_model=generator_model)
+        self.register_to_config(class_names=check_class_names(class_names,
+                                                              generator_model.config.num_classes))
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Number of classes (``None`` for an unconditional generator)."""
+        return self.generator_model.config.num_classes
+
+    def check_inputs(self, class_labels, prompt, num_images_per_prompt, generator, latents,
+                     truncation, output_type) -> Optional[torch.Tensor]:
+        """Validate every argument before any model work; return labels per image (or None).
+
+        Raises:
+            ValueError: with the value given and what is allowed.
+        """
+        labels, batch = check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
+                                           self.num_classes)
+        if truncation is not None:
+            if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) \
+                    or not np.isfinite(truncation) or truncation < MIN_TRUNCATION:
+                raise ValueError(f"truncation must be None or a finite number >= {MIN_TRUNCATION}, "
+                                 f"got {truncation!r}")
+            if latents is not None:
+                raise ValueError("truncation applies to drawn latents: pass latents or truncation, "
+                                 "not both")
+        check_generators_and_latents(generator, latents, batch,
+                                     (batch, self.generator_model.config.latent_dim))
+        return labels
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: Union[int, Sequence[int], torch.Tensor, None] = None,
+        prompt: Union[str, List[str], None] = None,
+        num_images_per_prompt: int = 1,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
+        latents: Optional[torch.Tensor] = None,
+        truncation: Optional[float] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
+        """Generate images with one generator forward.
+
+        Args:
+            class_labels: int, list of ints or 1-D int tensor in ``[0, num_classes)``; required for
+                a class-conditional generator, ``None`` for an unconditional one.
+            prompt: not supported (raises).
+            num_images_per_prompt: images per label; labels are repeated in place
+                (``[a, b]`` with 2 gives ``[a, a, b, b]``).
+            generator: one ``torch.Generator``, or a list with one per image: then each image
+                depends only on its own generator, not on the batch it sits in.
+            latents: float ``(B, latent_dim)`` latents; drawn from ``generator`` if ``None``.
+            truncation: ``None`` (no truncation) or threshold ``t >= 0.01``: latent components
+                with ``|z_i| > t`` are resampled (Brock et al. 2019, sec. 3.1; see
+                :func:`draw_latents`). Smaller ``t``: less variety, typically higher fidelity.
+            output_type: ``"pil"``, ``"np"`` (uint8 NHWC) or ``"pt"`` (float NCHW in [0, 1]).
+
+        Returns:
+            :class:`~diffusion.pipelines.base.GenerationOutput` (``images``, ``nfe=1``), or ``(images,)`` if not ``return_dict``.
+
+        Raises:
+            ValueError: invalid argument (before any network work).
+        """
+        labels = self.check_inputs(class_labels, prompt, num_images_per_prompt, generator, latents,
+                                   truncation, output_type)
+        g_model = self.generator_model
+        device, dtype = self._execution_device, g_model.dtype
+        batch = num_images_per_prompt if labels is None else len(labels)
+        if latents is None:
+            latents = draw_latents(batch, g_model.config.latent_dim, generator, truncation)
+        latents = latents.to(device=device, dtype=dtype)
+        with eval_mode(g_model):  # BatchNorm running statistics: an image does not depend on its batch
+            images = g_model(latents, None if labels is None else labels.to(device))
+        return self.finish(images, output_type, nfe=1, return_dict=return_dict)
+
