@@ -1,7 +1,5 @@
-"""``python -m diffusion generate|samplers`` on a tiny saved pipeline (and its errors)."""
-
-import subprocess
-import sys
+"""``python -m diffusion generate`` (``diffusion/cli/generate.py``) on a tiny saved pipeline, and
+its errors."""
 
 import numpy as np
 import pytest
@@ -9,8 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from diffusion.__main__ import main
-from samplers import list_samplers
+from diffusion.cli import main
 from conftest import make_pipe, make_text_pipe, seeded_unet
 
 
@@ -65,18 +62,6 @@ def test_generate_bad_input_is_a_clear_error(model_dir, tmp_path, args, message)
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         main(["generate", "--model", str(tmp_path / "none")])
-
-
-def test_samplers_command_lists_every_registered_name(capsys):
-    main(["samplers"])
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert listed == list_samplers()
-
-
-def test_help_runs_as_a_module():
-    r = subprocess.run([sys.executable, "-m", "diffusion", "generate", "--help"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "--guidance-scale" in r.stdout and "--sampler" in r.stdout
 
 
 # --- text-to-image models -------------------------------------------------------------------

@@ -1,0 +1,255 @@
+"""Every flag that more than one command takes, defined once, beside the helper that reads it.
+
+A command builds its parser from these ``add_*`` functions in its ``--help`` order, passing at
+most its own ``help`` wording (and a run size's default); name, type and action stay here. Flags
+of one command live in its module, as does ``--out``, each command's own product. Readers turn a
+bad value into ``SystemExit("error: ...")``.
+
+Example::
+
+    >>> p = argparse.ArgumentParser(); add_sampler(p); add_steps(p)
+    >>> p.parse_args(["--steps", "5"]).steps
+    5
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from samplers.checks import check_int
+
+PROMPTS_HELP = ("text-to-image models: the prompts per class; 'held-out' (Fashion-MNIST "
+                "paraphrases never trained on), 'training' (the training captions) or a JSON file "
+                "holding one list of prompts per class; image i gets class i %% K's prompts in "
+                "turn and is scored against that class")
+
+
+@contextmanager
+def exit_on(*errors: type, prefix: str = "") -> Iterator[None]:
+    """Re-raise ``errors`` from the block as ``SystemExit("error: {prefix}{e}")``: a user error
+    the shell prints as one line, not a traceback."""
+    try:
+        yield
+    except errors as e:
+        raise SystemExit(f"error: {prefix}{e}") from e
+
+
+def check_at_least(message: str, **lows: tuple) -> None:
+    """``SystemExit("error: {message}")`` unless every ``name=(value, low)`` is an int >= low."""
+    try:
+        for name, (value, low) in lows.items():
+            check_int(name, value, low=low)
+    except ValueError as e:
+        raise SystemExit(f"error: {message}") from e
+
+
+# --- the model and where it runs ----------------------------------------------------------------
+def add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="pipeline folder (save_pretrained); default: "
+                                                 "the shipped Fashion-MNIST model")
+
+
+def load_model(model, device: str, quiet: bool):
+    """``load_pipeline(model or the shipped model)``; a missing or unknown folder exits."""
+    from diffusion.paths import default_model_path
+    from diffusion.pipelines.loading import load_pipeline
+
+    with exit_on(FileNotFoundError, ValueError):
+        return load_pipeline(model or default_model_path(), device=device, quiet=quiet)
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def add_quiet(p: argparse.ArgumentParser, help: str = "no progress bars") -> None:
+    p.add_argument("--quiet", action="store_true", help=help)
+
+
+def add_bf16(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bf16", action="store_true", help="sample under bfloat16 autocast")
+
+
+# --- sampling -----------------------------------------------------------------------------------
+def add_sampler(p: argparse.ArgumentParser,
+                help: str = "sampler name (default: the model's own scheduler)") -> None:
+    p.add_argument("--sampler", default=None, help=help)
+
+
+def check_sampler_name(name) -> None:
+    """``--sampler`` unset or a registered name, else a CLI error listing the names."""
+    from samplers import list_samplers
+
+    if name is not None and name not in list_samplers():
+        raise SystemExit(f"error: unknown sampler {name!r}; choose one of {list_samplers()}")
+
+
+def add_samplers(p: argparse.ArgumentParser, default, help: str) -> None:
+    """``--samplers a,b,c``: the samplers of a grid (sweep, compare)."""
+    p.add_argument("--samplers", default=default, help=help)
+
+
+def add_steps(p: argparse.ArgumentParser) -> None:
+    """``--steps N``: the step count of one run (generate, synthesize, evaluate)."""
+    p.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
+
+
+def add_steps_list(p, help: str) -> None:
+    """``--steps N,M,...``: the step counts of a grid (sweep, compare); ``p`` may be a group."""
+    p.add_argument("--steps", default=None, help=help)
+
+
+def int_list(text: str) -> list[int]:
+    """``"5,10,20"`` -> ``[5, 10, 20]`` (raises ValueError on a non-integer)."""
+    return [int(v) for v in text.split(",")]
+
+
+def add_guidance_scale(p: argparse.ArgumentParser, help: str = "guidance scale (default: 2.0 "
+                       "for diffusion; the saved setting for AR)") -> None:
+    p.add_argument("--guidance-scale", type=float, default=None, help=help)
+
+
+def default_guidance(pipe, args) -> None:
+    """``--guidance-scale`` left unset: 2.0 for diffusion pipelines (the shipped model's setting);
+    others keep ``None`` (an AR pipeline then uses its saved decoding setting)."""
+    if args.guidance_scale is None and \
+            "num_inference_steps" in inspect.signature(pipe.__call__).parameters:
+        args.guidance_scale = 2.0
+
+
+def add_seed(p: argparse.ArgumentParser,
+             help: str = "image i uses seed+i, class i %% K (default 0)") -> None:
+    p.add_argument("--seed", type=int, default=0, help=help)
+
+
+def add_batch_size(p: argparse.ArgumentParser, default: int, help: str = None) -> None:
+    p.add_argument("--batch-size", type=int, default=default,
+                   help=help or f"images per pipeline call (default {default})")
+
+
+def add_run(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """Guidance, seeds and batch size of a run of images (evaluate, sweep, compare, synthesize)."""
+    add_guidance_scale(p)
+    add_seed(p)
+    add_batch_size(p, batch_size)
+
+
+def add_per_class(p: argparse.ArgumentParser, *aliases: str, help: str, **default_or_required):
+    """``--per-class N`` (generate: also ``--per-prompt``, default 10; synthesize: required)."""
+    p.add_argument("--per-class", *aliases, dest="per_class", type=int, help=help,
+                   **default_or_required)
+
+
+# --- prompts and token decoding -----------------------------------------------------------------
+def add_prompt_sets(p: argparse.ArgumentParser, help: str = PROMPTS_HELP) -> None:
+    p.add_argument("--prompts", default=None, metavar="SET", help=help)
+
+
+def class_prompts(spec):
+    """``--prompts``: None, a named Fashion-MNIST caption set, or a JSON file of K prompt lists."""
+    from diffusion.data.captions import (FASHION_MNIST_HELD_OUT_PROMPTS,
+                                         FASHION_MNIST_TRAINING_PROMPTS)
+
+    if spec is None:
+        return None
+    named = {"held-out": FASHION_MNIST_HELD_OUT_PROMPTS, "training": FASHION_MNIST_TRAINING_PROMPTS}
+    if spec in named:
+        return [list(p) for p in named[spec]]
+    if not Path(spec).is_file():
+        raise SystemExit(f"error: --prompts {spec!r} is neither 'held-out', 'training' nor a JSON "
+                         f"file")
+    try:
+        return json.loads(Path(spec).read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: --prompts {spec}: not JSON ({e})")
+
+
+def add_decoding(p: argparse.ArgumentParser) -> None:
+    """Options of autoregressive (VQ-VAE + prior) pipelines; unset ones take the model's saved
+    decoding setting."""
+    p.add_argument("--temperature", type=float, default=None,
+                   help="AR pipelines: softmax temperature (0 = greedy; default: the model's)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="AR pipelines: keep the k most likely tokens (0 = off; default: the "
+                        "model's)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="AR pipelines: nucleus threshold in (0, 1] (1 = off; default: the model's)")
+    p.add_argument("--num-beams", type=int, default=None,
+                   help="AR pipelines: beam search with this many beams (deterministic)")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="AR pipelines: recompute every token each step (same tokens, slower)")
+
+
+#: ``--temperature`` etc.: the decoding flags that take a value (``--no-kv-cache`` is a switch).
+DECODING_VALUES = ("temperature", "top_k", "top_p", "num_beams")
+
+
+def decoding_options(pipe, args) -> dict:
+    """The AR decoding options given on the command line, checked against ``pipe``'s call."""
+    given = {k: getattr(args, k) for k in DECODING_VALUES if getattr(args, k) is not None}
+    if args.no_kv_cache:
+        given["use_cache"] = False
+    accepted = set(inspect.signature(pipe.__call__).parameters)
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise SystemExit(f"error: {', '.join('--' + k.replace('_', '-') for k in unknown)}: only "
+                         f"autoregressive pipelines take this; {type(pipe).__name__} does not")
+    return given
+
+
+def add_cas(p: argparse.ArgumentParser, help: str, steps_help: str) -> None:
+    """``--cas`` and ``--cas-steps`` (evaluate, compare)."""
+    p.add_argument("--cas", action="store_true", help=help)
+    p.add_argument("--cas-steps", type=int, default=None, help=steps_help)
+
+
+# --- scoring (evaluate, sweep, compare) ---------------------------------------------------------
+def add_eval(p: argparse.ArgumentParser, model: bool = True) -> None:
+    """What to score, against which real images, and how the run is cached and split."""
+    if model:
+        add_model(p)
+    p.add_argument("--metrics", default="fid,kid,precision,recall,is,accuracy",
+                   help="comma-separated subset of fid,kid,precision,recall,is,accuracy")
+    p.add_argument("--num-samples", type=int, default=2000,
+                   help="images to generate (default 2000)")
+    add_run(p, batch_size=250)
+    p.add_argument("--features", default="classifier", choices=["classifier", "inception"],
+                   help="feature network for FID/KID/precision/recall (default: the shipped "
+                        "Fashion-MNIST classifier's 128-d penultimate features)")
+    p.add_argument("--inception-weights", default=None,
+                   help="local Inception-v3 FID weights file (weights-inception-2015-12-05-"
+                        "6726825d.pth) for --features inception; never downloaded")
+    p.add_argument("--dataset", default="fashion-mnist",
+                   help="reference dataset: fashion-mnist (default) or image-folder (your class "
+                        "sub-folders under --dataset-root, scored with --classifier)")
+    p.add_argument("--dataset-root", default=None, help="folder of the dataset files")
+    p.add_argument("--classifier", default=None, metavar="DIR",
+                   help="a classifier folder trained with `python -m training` (objective "
+                        "classifier) whose features and predictions score the images, instead of "
+                        "the shipped Fashion-MNIST one; required with --dataset image-folder")
+    p.add_argument("--reference-split", default="test", help="reference split (default test)")
+    p.add_argument("--reference-num-samples", type=int, default=None,
+                   help="real images for the reference statistics (default: the whole split)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache of reference features and generated samples (default "
+                        "$DIFFUSION_CENTRIC_CACHE or ~/.cache/diffusion-centric)")
+    p.add_argument("--no-cache", action="store_true", help="cache nothing on disk")
+    p.add_argument("--shard-size", type=int, default=500,
+                   help="images per cached shard, the unit of resume and of the split across "
+                        "processes (default 500; part of the cache key)")
+    add_bf16(p)
+    add_device(p)
+    add_quiet(p)
+    add_prompt_sets(p)
+    add_decoding(p)
+
+
+def check_run_sizes(args) -> None:
+    check_at_least("--num-samples must be >= 2, --batch-size and --shard-size >= 1",
+                   num_samples=(args.num_samples, 2), batch_size=(args.batch_size, 1),
+                   shard_size=(args.shard_size, 1))
