@@ -20,6 +20,8 @@ from typing import Optional, Sequence, Tuple, Union
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from samplers.checks import check_int, check_number
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -73,7 +75,7 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class GANConfig:
-    """GAN baseline - see :mod:`diffusion.gan` and :class:`training.objectives.GANObjective`."""
+    """GAN baseline - see :mod:`diffusion.models.gan` and :class:`training.objectives.gan.GANObjective`."""
 
     latent_dim: int = 64
     generator_channels: Tuple[int, ...] = (128, 64)      # per stage; 28 = 7 * 2**len(...)
@@ -135,7 +137,7 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "diffusion"       # diffusion | classifier | gan | vqvae | prior | text-diffusion
+    objective: str = "diffusion"       # a name of the registry training.objectives.OBJECTIVES
     output_dir: str = "runs/fashion-mnist"
     seed: int = 0
     max_steps: int = 1000              # optimizer steps
@@ -175,8 +177,8 @@ class ExperimentConfig:
     text: TextConfig = field(default_factory=TextConfig)
 
 
+#: allowed values of string fields (``train.objective``: the registry, checked in load_config)
 _CHOICES = {
-    ("train", "objective"): ("diffusion", "classifier", "gan", "vqvae", "prior", "text-diffusion"),
     ("train", "mixed_precision"): ("no", "bf16", "fp16"),
     ("diffusion", "beta_schedule"): ("linear", "cosine", "sigmoid"),
     ("diffusion", "prediction_type"): ("epsilon", "v_prediction", "sample"),
@@ -199,7 +201,9 @@ def load_config(path: Union[str, Path, None] = None,
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unknown key, wrong type, or a value outside its allowed choices.
+        ValueError: unknown key, wrong type, a value outside its allowed choices, an objective
+            not in :data:`training.objectives.OBJECTIVES`, or settings that objective refuses
+            (:meth:`~training.objectives.base.Objective.check_config`).
     """
     schema = OmegaConf.structured(ExperimentConfig)
     try:
@@ -221,18 +225,21 @@ def load_config(path: Union[str, Path, None] = None,
         from dataclasses import replace
 
         cfg = replace(cfg, train=replace(cfg.train, mixed_precision="no"))
+    # The registry is the one list of objective names; importing it loads the families (torch,
+    # diffusers). training.objectives never imports this module, so there is no cycle.
+    from training.objectives import objective_class
+
+    objective = objective_class(cfg.train.objective)
     for (section, key), allowed in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ValueError(f"{section}.{key} must be one of {allowed}, got {value!r}")
     t = cfg.train
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps"):
-        if getattr(t, key) < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+        check_int(f"train.{key}", getattr(t, key), low=1)
     g = cfg.gan
-    if g.r1_every < 1 or g.r1_gamma < 0:
-        raise ValueError(f"gan.r1_every must be >= 1 and gan.r1_gamma >= 0, got {g.r1_every}, "
-                         f"{g.r1_gamma}")
+    check_int("gan.r1_every", g.r1_every, low=1)
+    check_number("gan.r1_gamma", g.r1_gamma, low=0)
     policies = [p for p in g.diffaugment.split(",") if p]
     unknown = sorted(set(policies) - {"color", "translation", "cutout"})
     if unknown:
@@ -243,10 +250,7 @@ def load_config(path: Union[str, Path, None] = None,
     if not 0 <= p.cond_drop_prob <= 1 or not 0 <= p.dropout < 1:
         raise ValueError(f"prior.cond_drop_prob must be in [0, 1] and prior.dropout in [0, 1), got "
                          f"{p.cond_drop_prob}, {p.dropout}")
-    if cfg.train.objective == "prior" and not p.vqvae_path:
-        raise ValueError("train.objective=prior needs prior.vqvae_path: the folder of a trained "
-                         "VQ-VAE (train one with train.objective=vqvae; its export is "
-                         "<output_dir>/final)")
+    objective.check_config(cfg)
     return cfg
 
 

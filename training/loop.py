@@ -5,7 +5,8 @@ warm-up (diffusers ``EMAModel``), LR schedules (diffusers ``get_scheduler``), Te
 periodic evaluation / sample grids from the EMA weights, atomic ``save_state`` checkpoints and exact
 resume (step, epoch, position in the data, optimizer, LR schedule, EMA, RNG), and a final export.
 
-What is family-specific lives in an :class:`training.objectives.Objective`.
+What is family-specific lives in an :class:`training.objectives.base.Objective` (one module per
+family in :mod:`training.objectives`, named by its registry).
 
 Example::
 

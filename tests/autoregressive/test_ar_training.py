@@ -1,5 +1,5 @@
 """Training the autoregressive baseline through the one loop: stage 1 VQ-VAE, stage 2 prior on the
-frozen tokens (training/ar_objectives.py, training/config.py), export, resume, load, generate."""
+frozen tokens (training/objectives/vq_ar.py, training/config.py), export, resume, load, generate."""
 
 from __future__ import annotations
 

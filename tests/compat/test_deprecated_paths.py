@@ -40,6 +40,9 @@ MOVED = {
     "training.data": [("load_dataset", "diffusion.data.registry"),
                       ("TensorImageDataset", "diffusion.data.datasets"),
                       ("fashion_mnist", "diffusion.data.datasets")],
+    "training.text_objectives": [("TextDiffusionObjective", "training.objectives.diffusion")],
+    "training.ar_objectives": [("VQVAEObjective", "training.objectives.vq_ar"),
+                               ("PriorObjective", "training.objectives.vq_ar")],
     "training.captions": [("CaptionedImageDataset", "diffusion.data.captions"),
                           ("FASHION_MNIST_HELD_OUT_PROMPTS", "diffusion.data.captions")],
 }

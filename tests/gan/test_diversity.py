@@ -1,4 +1,4 @@
-"""Collapse detector: diffusion/evaluation/diversity.py and GANObjective.diversity (training/objectives.py)."""
+"""Collapse detector: diffusion/evaluation/diversity.py and GANObjective.diversity (training/objectives/gan.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GAN baseline: diffusion/gan.py (networks, pipeline), the GAN part of training/objectives.py,
+"""GAN baseline: diffusion/models/gan.py (networks), diffusion/pipelines/gan.py, training/objectives/gan.py,
 training/diffaugment.py, training through training/loop.py, and `python -m diffusion generate`."""
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def test_cli_truncation_on_a_diffusion_model_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("gan.loss=wasserstein", "gan.loss must be one of"),
     ("gan.diffaugment=color,flip", "gan.diffaugment may list"),
-    ("gan.r1_every=0", "gan.r1_every must be >= 1"),
+    ("gan.r1_every=0", "gan.r1_every must be an int >= 1"),
 ])
 def test_bad_gan_config_is_rejected(override, message):
     with pytest.raises(ValueError, match=message):

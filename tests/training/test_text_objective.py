@@ -1,4 +1,4 @@
-"""Training a text-conditioned diffusion model through the one loop (training/text_objectives.py):
+"""Training a text-conditioned diffusion model through the one loop (training/objectives/diffusion.py):
 captioned batches, caption dropout to the null prompt, the encoder once per distinct caption, and an
 exported pipeline that generates from prompts."""
 

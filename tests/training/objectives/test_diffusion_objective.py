@@ -1,5 +1,5 @@
-"""Diffusion objective: noise schedules, targets per prediction type, min-SNR weights, condition
-dropout - against values computed independently here."""
+"""Diffusion objective (training/objectives/diffusion.py): noise schedules, targets per prediction
+type, min-SNR weights, condition dropout - against values computed independently here."""
 
 from types import SimpleNamespace
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.config import load_config
-from training.objectives import DiffusionObjective, min_snr_weights, training_scheduler
+from training.objectives.diffusion import DiffusionObjective, min_snr_weights, training_scheduler
 
 TINY = ["model.block_out_channels=[8,16]", "model.norm_num_groups=4", "model.layers_per_block=1",
         "model.attention_levels=[]", "model.attention_head_dim=8"]
