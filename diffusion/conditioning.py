@@ -49,6 +49,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from samplers.checks import check_int
+
 __all__ = [
     "DEFAULT_MAX_LENGTH",
     "NULL_PROMPT",
@@ -341,9 +343,7 @@ def _resolve_max_length(tokenizer, text_encoder, max_length: Optional[int]) -> i
         limit = min(limit, positions)
     if max_length is None:
         return min(limit, DEFAULT_MAX_LENGTH)
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2 (room for [CLS] and [SEP]); "
-                         f"got {max_length!r}")
+    max_length = check_int("max_length", max_length, low=2, hint=" (room for [CLS] and [SEP])")
     if max_length > limit:
         raise ValueError(f"max_length={max_length} exceeds what the tokenizer/encoder accept "
                          f"({limit} tokens)")

@@ -17,6 +17,14 @@ Example::
     Traceback (most recent call last):
     ...
     ValueError: batch_size must be an int >= 1, got True
+    >>> check_number("top_p", 0.0, low=0, high=1, low_inclusive=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: top_p must be a finite number in (0, 1], got 0.0
+    >>> check_int("max_length", 1, low=2, hint=" (room for [CLS] and [SEP])")
+    Traceback (most recent call last):
+    ...
+    ValueError: max_length must be an int >= 2 (room for [CLS] and [SEP]), got 1
 """
 
 from __future__ import annotations
@@ -37,29 +45,35 @@ def _range_text(kind: str, low, high, low_inclusive: bool = True) -> str:
 
 
 def check_int(name: str, value: Any, low: Optional[int] = 1, high: Optional[int] = None, *,
-              allow_none: bool = False) -> Optional[int]:
+              allow_none: bool = False, hint: str = "") -> Optional[int]:
     """``int(value)`` if ``value`` is an integer (numpy integers too; not ``bool``) in
     ``[low, high]`` (either bound ``None``: open); ``None`` passes when ``allow_none``.
+    ``hint`` (e.g. ``" (room for [CLS] and [SEP])"``) follows what is allowed in the message.
 
     Raises:
-        ValueError: ``"{name} must be an int >= {low}, got {value!r}"`` (or ``in [low, high]``).
+        ValueError: ``"{name} must be an int >= {low}{hint}, got {value!r}"`` (or
+            ``in [low, high]``).
     """
     if value is None and allow_none:
         return None
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) \
             or (low is not None and value < low) or (high is not None and value > high):
         allowed = _range_text("an int", low, high)
-        raise ValueError(f"{name} must be {'None or ' if allow_none else ''}{allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {'None or ' if allow_none else ''}{allowed}{hint}, "
+                         f"got {value!r}")
     return int(value)
 
 
 def check_number(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
-                 *, low_inclusive: bool = True, allow_none: bool = False) -> Optional[float]:
+                 *, low_inclusive: bool = True, allow_none: bool = False,
+                 hint: str = "") -> Optional[float]:
     """``float(value)`` if ``value`` is a finite real number (not ``bool``, not NaN/inf) in the
     range (``low_inclusive=False``: strictly above ``low``); ``None`` passes when ``allow_none``.
+    ``hint`` follows what is allowed in the message, as for :func:`check_int`.
 
     Raises:
-        ValueError: ``"{name} must be a finite number >= {low}, got {value!r}"`` (or the range).
+        ValueError: ``"{name} must be a finite number >= {low}{hint}, got {value!r}"`` (or the
+            range: ``> low``, ``<= high``, ``in [low, high]``, ``in (low, high]``).
     """
     if value is None and allow_none:
         return None
@@ -70,7 +84,8 @@ def check_number(name: str, value: Any, low: Optional[float] = None, high: Optio
         ok = value <= high
     if not ok:
         allowed = _range_text("a finite number", low, high, low_inclusive)
-        raise ValueError(f"{name} must be {'None or ' if allow_none else ''}{allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {'None or ' if allow_none else ''}{allowed}{hint}, "
+                         f"got {value!r}")
     return float(value)
 
 

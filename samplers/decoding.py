@@ -52,12 +52,13 @@ returns an empty one)::
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+
+from samplers.checks import check_bool, check_int, check_number
 
 __all__ = ["DecodeOutput", "LogitsProcessorList", "TemperatureLogitsWarper", "TokenModel",
            "TopKLogitsWarper", "TopPLogitsWarper", "build_logits_processors",
@@ -109,29 +110,6 @@ class DecodeOutput:
     nfe: int
 
 
-# ------------------------------------------------------------------------------- argument checks
-
-def _check_int(what: str, value: Any, low: int) -> int:
-    """``value`` if it is an int (not bool) ``>= low``; else ``ValueError``."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_real(what: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> float:
-    """``float(value)`` if it is a real number (not bool) satisfying ``ok``; else ``ValueError``."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) \
-            or math.isnan(float(value)) or not ok(float(value)):
-        raise ValueError(f"{what} must be {allowed}, got {value!r}")
-    return float(value)
-
-
-def _check_bool(what: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{what} must be True or False, got {value!r}")
-    return value
-
-
 # ----------------------------------------------------------------------------- logits processors
 
 class TemperatureLogitsWarper:
@@ -143,8 +121,7 @@ class TemperatureLogitsWarper:
     """
 
     def __init__(self, temperature: float):
-        self.temperature = _check_real("temperature", temperature, "a finite float > 0",
-                                       lambda t: 0 < t < math.inf)
+        self.temperature = check_number("temperature", temperature, low=0, low_inclusive=False)
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         """float ``(B, V)`` -> float ``(B, V)``; ``-inf`` stays ``-inf``."""
@@ -168,8 +145,8 @@ class TopKLogitsWarper:
     """
 
     def __init__(self, top_k: int, min_tokens_to_keep: int = 1):
-        self.top_k = _check_int("top_k", top_k, 1)
-        self.min_tokens_to_keep = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+        self.top_k = check_int("top_k", top_k)
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         """float ``(B, V)`` -> float ``(B, V)`` with removed tokens at ``-inf``."""
@@ -199,8 +176,8 @@ class TopPLogitsWarper:
     """
 
     def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
-        self.top_p = _check_real("top_p", top_p, "a float in (0, 1]", lambda p: 0 < p <= 1)
-        self.min_tokens_to_keep = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+        self.top_p = check_number("top_p", top_p, low=0, high=1, low_inclusive=False)
+        self.min_tokens_to_keep = check_int("min_tokens_to_keep", min_tokens_to_keep)
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         """float ``(B, V)`` -> float ``(B, V)`` with removed tokens at ``-inf``."""
@@ -266,7 +243,7 @@ def classifier_free_guidance(cond_logits: torch.Tensor, uncond_logits: torch.Ten
         guidance_scale: finite float ``s``.
     Returns float ``(..., V)``. Raises ``ValueError`` on a shape mismatch or a bad scale.
     """
-    s = _check_real("guidance_scale", guidance_scale, "a finite float", math.isfinite)
+    s = check_number("guidance_scale", guidance_scale)
     if cond_logits.shape != uncond_logits.shape:
         raise ValueError(f"cond_logits and uncond_logits must have the same shape, got "
                          f"{tuple(cond_logits.shape)} and {tuple(uncond_logits.shape)}")
@@ -525,15 +502,13 @@ def decode(model: TokenModel, prefix: torch.Tensor, max_new_tokens: int, *, do_s
         raise ValueError(f"model must be callable (TokenModel), got {type(model).__name__}")
     prefix = _check_prefix("prefix", prefix)
     B = prefix.shape[0]
-    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
-    do_sample = _check_bool("do_sample", do_sample)
-    temperature = _check_real("temperature", temperature, "a finite float >= 0 (0 means greedy)",
-                              lambda t: 0 <= t < math.inf)
-    num_beams = _check_int("num_beams", num_beams, 1)
-    length_penalty = _check_real("length_penalty", length_penalty, "a finite float", math.isfinite)
-    if eos_token_id is not None:
-        eos_token_id = _check_int("eos_token_id", eos_token_id, 0)
-    guidance_scale = _check_real("guidance_scale", guidance_scale, "a finite float", math.isfinite)
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens)
+    do_sample = check_bool("do_sample", do_sample)
+    temperature = check_number("temperature", temperature, low=0, hint=" (0 means greedy)")
+    num_beams = check_int("num_beams", num_beams)
+    length_penalty = check_number("length_penalty", length_penalty)
+    eos_token_id = check_int("eos_token_id", eos_token_id, low=0, allow_none=True)
+    guidance_scale = check_number("guidance_scale", guidance_scale)
     if null_prefix is not None:
         null_prefix = _check_prefix("null_prefix", null_prefix)
         if null_prefix.shape != prefix.shape or null_prefix.device != prefix.device:
@@ -544,8 +519,8 @@ def decode(model: TokenModel, prefix: torch.Tensor, max_new_tokens: int, *, do_s
         raise ValueError(f"guidance_scale={guidance_scale} needs null_prefix (B, P) (e.g. the null "
                          "class); pass guidance_scale=1 for unguided decoding")
     _check_generator(generator, B, prefix.device)
-    use_cache = _check_bool("use_cache", use_cache)
-    output_scores = _check_bool("output_scores", output_scores)
+    use_cache = check_bool("use_cache", use_cache)
+    output_scores = check_bool("output_scores", output_scores)
     processors = build_logits_processors(temperature if temperature > 0 else 1.0, top_k, top_p)
     if logits_processors is not None:
         if isinstance(logits_processors, (str, bytes)) or not all(map(callable, logits_processors)):

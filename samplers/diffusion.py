@@ -47,6 +47,8 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from samplers.checks import check_int
+
 #: Keys of a scheduler config that describe the *training* noise schedule.
 TRAINING_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                           "trained_betas", "prediction_type")
@@ -379,14 +381,6 @@ def check_prediction_type(name: str, prediction_type: str) -> None:
                          f"it accepts {allowed}")
 
 
-def _check_count(what: str, value: Any, low: int, high: Optional[int] = None) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int (not bool) in ``[low, high]``."""
-    allowed = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
-    if not isinstance(value, int) or isinstance(value, bool) or value < low \
-            or (high is not None and value > high):
-        raise ValueError(f"{what} must be {allowed}, got {value!r}")
-
-
 def nfe_for_steps(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]],
                   num_inference_steps: int) -> int:
     """Network calls per image that ``num_inference_steps`` steps of sampler ``name`` make.
@@ -415,8 +409,8 @@ def nfe_for_steps(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
         (10, 19)
     """
     sampler = build_sampler(name, config_or_scheduler)
-    _check_count("num_inference_steps", num_inference_steps, 1,
-                 sampler.config.num_train_timesteps)
+    num_inference_steps = check_int("num_inference_steps", num_inference_steps, 1,
+                                    sampler.config.num_train_timesteps)
     sampler.set_timesteps(num_inference_steps)
     return len(sampler.timesteps)
 
@@ -446,7 +440,7 @@ def steps_for_nfe(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
         >>> steps_for_nfe("heun", train, 20), steps_for_nfe("ddim", train, 20)
         (10, 20)
     """
-    _check_count("nfe", nfe, 1)
+    nfe = check_int("nfe", nfe)
     sampler = build_sampler(name, config_or_scheduler)
 
     def cost(n: int) -> int:

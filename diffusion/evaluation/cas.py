@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from diffusion.evaluation.features import ArrayLike, to_unit_range
+from samplers.checks import check_int
 
 PathLike = Union[str, Path]
 
@@ -59,9 +60,7 @@ def _load_classifier_config(config: Optional[PathLike], overrides: Sequence[str]
     starts fresh (``train.resume=null``) on all the images given (``data.subset=null``)."""
     from training.config import load_config
 
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
-                                  or max_steps < 1):
-        raise ValueError(f"max_steps must be an int >= 1 or None, got {max_steps!r}")
+    max_steps = check_int("max_steps", max_steps, allow_none=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     path = Path(config) if config is not None else default_config_path()

@@ -47,6 +47,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from diffusion.hardware import hardware_description
+from diffusion.pipelines.base import generators_from_seeds
 
 SCHEME_VERSION = 1  # bump when the image -> (class, seed) assignment changes
 
@@ -239,7 +240,7 @@ def _generate_shard(pipe, lo: int, hi: int, k: Optional[int], seed: int, batch_s
         kwargs = {**call_kwargs, **image_conditions(b_lo, b_hi, k, class_prompts)}
         with ctx, torch.no_grad():
             out = pipe(output_type="pt", return_dict=True,
-                       generator=[torch.Generator().manual_seed(seed + i) for i in range(b_lo, b_hi)],
+                       generator=generators_from_seeds(range(seed + b_lo, seed + b_hi)),
                        **kwargs)
         nfe = int(getattr(out, "nfe", 0))
         images.append((out.images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())

@@ -44,6 +44,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from samplers import sampler_name
+from samplers.checks import check_int
 from diffusion.evaluation.sampling import (checked_classes, image_conditions, iter_sample_shards,
                                            pipeline_call_kwargs, sample_settings)
 
@@ -132,9 +133,7 @@ def synthesize(pipeline, out_dir: Union[str, Path], per_class: int, *,
             channels (after generating the first batch; nothing is left on disk).
         TypeError: ``seed`` not an int.
     """
-    for name, value in (("per_class", per_class), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    per_class, batch_size = check_int("per_class", per_class), check_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     class_prompts, k = checked_classes(pipeline, class_prompts)

@@ -28,6 +28,8 @@ from typing import Optional, Sequence, Union
 
 from diffusers import UNet2DConditionModel, UNet2DModel
 
+from samplers.checks import check_int
+
 
 def downsample_factor(block_out_channels: Sequence[int]) -> int:
     """How much the U-Net shrinks its input: 2 per block but the last (diffusers' layout)."""
@@ -99,10 +101,8 @@ def build_unet(
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
     if cross_attention_dim is not None:
-        if isinstance(cross_attention_dim, bool) or not isinstance(cross_attention_dim, int) \
-                or cross_attention_dim < 1:
-            raise ValueError(f"cross_attention_dim must be an int >= 1 (the text encoder's hidden "
-                             f"size) or None, got {cross_attention_dim!r}")
+        cross_attention_dim = check_int("cross_attention_dim", cross_attention_dim,
+                                        hint=" (the text encoder's hidden size) or None")
         return _build_cross_attention_unet(
             sample_size, in_channels, num_classes, block_out_channels, layers_per_block,
             attention_levels, attention_head_dim, norm_num_groups, dropout, cross_attention_dim)

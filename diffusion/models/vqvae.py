@@ -98,6 +98,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
+
+from samplers.checks import check_int
 from vector_quantize_pytorch import VectorQuantize
 
 
@@ -129,12 +131,6 @@ class ResidualBlock(nn.Module):
 def _distributed() -> bool:
     """True inside an initialised ``torch.distributed`` group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class VQVAE(ModelMixin, ConfigMixin):
@@ -170,17 +166,17 @@ class VQVAE(ModelMixin, ConfigMixin):
                  commitment_weight: float = 0.25, ema_decay: float = 0.99,
                  threshold_ema_dead_code: float = 2, kmeans_init: bool = True):
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("num_res_blocks", num_res_blocks, minimum=0)
-        _check_positive_int("codebook_size", codebook_size, minimum=2)
-        _check_positive_int("codebook_dim", codebook_dim)
+        in_channels = check_int("in_channels", in_channels)
+        num_res_blocks = check_int("num_res_blocks", num_res_blocks, low=0)
+        codebook_size = check_int("codebook_size", codebook_size, low=2)
+        codebook_dim = check_int("codebook_dim", codebook_dim)
         if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) \
                 or not channels \
                 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
             raise ValueError(f"channels must be a non-empty sequence of ints >= 1, "
                              f"got {channels!r}")
         factor = 2 ** len(channels)
-        _check_positive_int("image_size", image_size)
+        image_size = check_int("image_size", image_size)
         if image_size % factor:
             raise ValueError(f"image_size {image_size} is not divisible by 2**len(channels) = "
                              f"{factor} (channels={tuple(channels)})")
@@ -393,8 +389,7 @@ def codebook_usage(indices: torch.Tensor, codebook_size: int) -> Dict[str, float
         ValueError: empty or non-integer ``indices``, a value out of range, or
             ``codebook_size < 1``.
     """
-    if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or codebook_size < 1:
-        raise ValueError(f"codebook_size must be an int >= 1, got {codebook_size!r}")
+    codebook_size = check_int("codebook_size", codebook_size)
     if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.numel() == 0:
         raise ValueError("indices must be a non-empty integer tensor")
     flat = indices.reshape(-1).long()
@@ -432,8 +427,7 @@ def reconstruction_metrics(model: VQVAE, images: torch.Tensor,
         ValueError: ``images`` of the wrong shape for ``model``, values outside [-1, 1], or
             ``batch_size < 1``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size)
     model._check_images(images)
     if images.numel() == 0:
         raise ValueError("images is empty")

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from diffusion.models.prior import TransformerPrior
 from diffusion.models.vqvae import VQVAE
 from diffusion.pipelines.base import (ImagePipeline, check_class_inputs, check_class_names,
                                       check_generators_and_latents, eval_mode)
+from samplers.checks import check_number
 from samplers.decoding import decode
 
 #: decoding settings of a pipeline without a saved ``decoding`` config (plain ancestral sampling)
@@ -90,9 +90,7 @@ class AutoregressivePipeline(ImagePipeline):
         """
         labels, batch = check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
                                            self.num_classes)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                or not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        check_number("guidance_scale", guidance_scale, low=0)
         if guidance_scale != 1 and self.num_classes is None:
             raise ValueError("guidance needs a class-conditional prior (guidance_scale=1 here)")
         check_generators_and_latents(generator, None, batch, ())

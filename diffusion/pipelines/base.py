@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
+from samplers.checks import check_int
+
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -131,9 +133,7 @@ def check_num_images_and_output_type(num_images_per_prompt, output_type) -> None
     Raises:
         ValueError: ``num_images_per_prompt`` not an int >= 1, or an unknown ``output_type``.
     """
-    if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) \
-            or num_images_per_prompt < 1:
-        raise ValueError(f"num_images_per_prompt must be an int >= 1, got {num_images_per_prompt!r}")
+    check_int("num_images_per_prompt", num_images_per_prompt)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
 

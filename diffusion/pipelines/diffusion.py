@@ -29,7 +29,6 @@ import shutil
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -39,6 +38,7 @@ from diffusion.models.unet import check_image_size, cross_attention_dim_of, num_
 from diffusion.pipelines.base import (ImagePipeline, check_class_names, check_generators_and_latents,
                                       check_num_images_and_output_type, normalize_class_labels,
                                       normalize_prompts)
+from samplers.checks import check_int, check_number
 from samplers.diffusion import build_sampler, list_samplers
 
 
@@ -238,20 +238,13 @@ class DiffusionImagePipeline(ImagePipeline):
         """
         labels, prompts, negatives = self._conditions(class_labels, prompt, negative_prompt)
 
-        def is_number(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-
         check_num_images_and_output_type(num_images_per_prompt, output_type)
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) \
-                or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        check_int("num_inference_steps", num_inference_steps)
         if num_inference_steps > self.scheduler.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be <= num_train_timesteps "
                              f"({self.scheduler.config.num_train_timesteps}), got {num_inference_steps}")
-        if not is_number(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if not is_number(eta) or eta < 0:
-            raise ValueError(f"eta must be a number >= 0, got {eta!r}")
+        check_number("guidance_scale", guidance_scale, low=0)
+        check_number("eta", eta, low=0)
         bad = set(callback_on_step_end_tensor_inputs) - {"latents", "model_output"}
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs may name 'latents' and "

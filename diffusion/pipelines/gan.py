@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from diffusion.models.gan import ConditionalGenerator
 from diffusion.pipelines.base import (ImagePipeline, check_class_inputs, check_class_names,
                                       check_generators_and_latents, eval_mode)
+from samplers.checks import check_number
 
 #: smallest latent truncation threshold accepted (rejection resampling needs ~1 / P(|z| < t)
 #: rounds: about 125 at t = 0.01)
@@ -84,14 +84,10 @@ class GANPipeline(ImagePipeline):
         """
         labels, batch = check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
                                            self.num_classes)
-        if truncation is not None:
-            if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) \
-                    or not np.isfinite(truncation) or truncation < MIN_TRUNCATION:
-                raise ValueError(f"truncation must be None or a finite number >= {MIN_TRUNCATION}, "
-                                 f"got {truncation!r}")
-            if latents is not None:
-                raise ValueError("truncation applies to drawn latents: pass latents or truncation, "
-                                 "not both")
+        check_number("truncation", truncation, low=MIN_TRUNCATION, allow_none=True)
+        if truncation is not None and latents is not None:
+            raise ValueError("truncation applies to drawn latents: pass latents or truncation, "
+                             "not both")
         check_generators_and_latents(generator, latents, batch,
                                      (batch, self.generator_model.config.latent_dim))
         return labels

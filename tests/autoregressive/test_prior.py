@@ -1,4 +1,4 @@
-"""The transformer prior of the autoregressive baseline (diffusion/autoregressive.py): causal
+"""The transformer prior of the autoregressive baseline (diffusion/models/prior.py): causal
 attention, the key/value cache, the class prefix, and the training loss."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests for diffusion/pipeline.py: seeding, guidance, validation, samplers, NFE, outputs, I/O."""
+"""Tests for diffusion/pipelines/diffusion.py: seeding, guidance, validation, samplers, NFE, outputs, I/O."""
 
 from __future__ import annotations
 
@@ -255,7 +255,7 @@ BAD_CALLS = [
                  id="guidance-nan"),
     pytest.param({"class_labels": [0], "guidance_scale": "2"}, r"guidance_scale",
                  id="guidance-str"),
-    pytest.param({"class_labels": [0], "eta": -0.5}, r"eta must be a number >= 0",
+    pytest.param({"class_labels": [0], "eta": -0.5}, r"eta must be a finite number >= 0",
                  id="eta-negative"),
     pytest.param({"class_labels": [0], "num_images_per_prompt": 0},
                  r"num_images_per_prompt must be an int >= 1", id="per-prompt-0"),
@@ -265,7 +265,7 @@ BAD_CALLS = [
                  r"num_images_per_prompt must be an int >= 1", id="per-prompt-bool"),
     pytest.param({"class_labels": [0], "guidance_scale": True}, r"guidance_scale",
                  id="guidance-bool"),
-    pytest.param({"class_labels": [0], "eta": float("inf")}, r"eta must be a number >= 0",
+    pytest.param({"class_labels": [0], "eta": float("inf")}, r"eta must be a finite number >= 0",
                  id="eta-inf"),
     pytest.param({"class_labels": [0], "callback_on_step_end": lambda *a: {},
                   "callback_on_step_end_tensor_inputs": ("latents", "noise")},

@@ -1,4 +1,4 @@
-"""Tests for text conditioning in diffusion/pipeline.py and diffusion/unet.py: cross-attention
+"""Tests for text conditioning in diffusion/pipelines/diffusion.py and diffusion/models/unet.py: cross-attention
 U-Net builder, prompts, negative prompts, guidance rows, encoder calls, padding, seeding, I/O.
 
 A tiny seeded ``UNet2DConditionModel`` (8x8, two levels, cross-attention at level 1 and in the

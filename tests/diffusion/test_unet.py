@@ -1,4 +1,4 @@
-"""Tests for diffusion/unet.py: the U-Net builder and its size checks."""
+"""Tests for diffusion/models/unet.py: the U-Net builder and its size checks."""
 
 from __future__ import annotations
 

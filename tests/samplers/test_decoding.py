@@ -559,9 +559,9 @@ PREFIX = torch.tensor([[0], [1]])
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(temperature=-0.5), r"temperature must be a finite float >= 0.*-0\.5"),
+    (dict(temperature=-0.5), r"temperature must be a finite number >= 0 \(0 means greedy\), got -0\.5"),
     (dict(top_k=0), r"top_k must be an int >= 1, got 0"),
-    (dict(top_p=0.0), r"top_p must be a float in \(0, 1\], got 0\.0"),
+    (dict(top_p=0.0), r"top_p must be a finite number in \(0, 1\], got 0\.0"),
     (dict(top_p=1.5), r"top_p .* got 1\.5"),
     (dict(num_beams=0), "num_beams"),
     (dict(max_new_tokens=0), r"max_new_tokens must be an int >= 1, got 0"),
