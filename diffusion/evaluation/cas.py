@@ -48,7 +48,7 @@ PathLike = Union[str, Path]
 def default_config_path() -> Path:
     """The shipped evaluation classifier's training config, found beside the installed
     ``training`` package (not relative to the working directory)."""
-    import training
+    import training  # upward edge: CAS trains a classifier with training's loop and config
 
     return Path(training.__file__).resolve().parent / "configs" / "fashion_mnist_classifier.yaml"
 
@@ -58,7 +58,7 @@ def _load_classifier_config(config: Optional[PathLike], overrides: Sequence[str]
     """Config file <- CAS defaults (no mid-run evaluations or checkpoints: they do not change the
     trained weights, only cost time) <- ``overrides`` <- ``max_steps`` / ``seed``. Training always
     starts fresh (``train.resume=null``) on all the images given (``data.subset=null``)."""
-    from training.config import load_config
+    from training.config import load_config  # upward edge: CAS trains with the training loop
 
     max_steps = check_int("max_steps", max_steps, allow_none=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -142,7 +142,7 @@ def _caller_state_kept():
 def _fit_and_test(cfg, dataset, test, output_dir: Optional[PathLike], device) -> dict:
     """Train on ``dataset`` with :func:`training.loop.train`, then test the exported classifier."""
     from diffusion.models.classifier import ImageClassifier
-    from training.loop import train
+    from training.loop import train  # upward edge: CAS trains a classifier with the one loop
 
     keep = output_dir is not None
     with nullcontext(output_dir) if keep else tempfile.TemporaryDirectory(prefix="cas-") as out:

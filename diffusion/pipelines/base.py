@@ -257,14 +257,17 @@ class ImagePipeline(DiffusionPipeline):
 
     def class_id(self, label: Union[int, str]) -> int:
         """Class id for an id or a (case-insensitive) class name; raises ``ValueError`` if unknown."""
+        if self.num_classes is None:
+            raise ValueError(f"this model is unconditional (no class table): it has no class "
+                             f"{label!r}; call it without class_labels")
         names = [n.lower() for n in (self.config.class_names or [])]
         key = str(label).strip().lower()
         if (isinstance(label, int) and not isinstance(label, bool)) or key.isdigit():
-            if not 0 <= int(key) < (self.num_classes or 0):
-                raise ValueError(f"class id {key} out of range: ids 0..{(self.num_classes or 1) - 1}")
+            if not 0 <= int(key) < self.num_classes:
+                raise ValueError(f"class id {key} out of range: ids 0..{self.num_classes - 1}")
             return int(key)
         if key not in names:
-            raise ValueError(f"unknown class {label!r}; known: ids 0..{(self.num_classes or 1) - 1}"
+            raise ValueError(f"unknown class {label!r}; known: ids 0..{self.num_classes - 1}"
                              f" or names {self.config.class_names}")
         return names.index(key)
 
