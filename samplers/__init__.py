@@ -15,16 +15,14 @@ from samplers.diffusion import (
     steps_for_nfe,
     training_schedule,
 )
-from samplers.decoding import (
-    DecodeOutput,
+from samplers.decoding import DecodeOutput, TokenModel, decode
+from samplers.logits import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
-    TokenModel,
     TopKLogitsWarper,
     TopPLogitsWarper,
     build_logits_processors,
     classifier_free_guidance,
-    decode,
     reorder_cache,
 )
 
@@ -32,7 +30,7 @@ __all__ = ["DEFAULT_SAMPLER", "PREDICTION_TYPES", "SamplerSpec", "build_sampler"
            "check_prediction_type", "list_samplers", "nfe_for_steps", "register_sampler",
            "sampler_name", "sampler_name_of",
            "sampler_spec", "steps_for_nfe", "training_schedule",
-           # token decoding (samplers/decoding.py)
+           # token decoding (samplers/decoding.py, samplers/logits.py)
            "DecodeOutput", "LogitsProcessorList", "TemperatureLogitsWarper", "TokenModel",
            "TopKLogitsWarper", "TopPLogitsWarper", "build_logits_processors",
            "classifier_free_guidance", "decode", "reorder_cache"]

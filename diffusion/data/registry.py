@@ -20,13 +20,39 @@ from typing import Callable, Optional
 
 import torch
 
-from diffusion.data.captions import _CAPTIONED, load_captioned_dataset
+from diffusion.data.captions import (CaptionedImageDataset, fashion_mnist_captions,
+                                     image_folder_captions)
 from diffusion.data.datasets import TensorImageDataset, fashion_mnist, image_folder
+from diffusion.data.emoji import emoji_dataset
 
 #: labelled datasets by name -> loader(split=..., root=...)
 DATASETS: dict[str, Callable[..., TensorImageDataset]] = {"fashion-mnist": fashion_mnist}
-#: captioned datasets by name (see :mod:`diffusion.data.captions`)
-CAPTIONED_DATASETS = _CAPTIONED
+
+
+#: captioned datasets by name -> loader(seed=..., **kwargs)
+CAPTIONED_DATASETS: dict[str, Callable[..., CaptionedImageDataset]] = {
+    "emoji": emoji_dataset,
+    "fashion-mnist-captions": fashion_mnist_captions,
+    "image-folder-captions": image_folder_captions,
+}
+
+
+def load_captioned_dataset(name: str, subset: Optional[int] = None, seed: int = 0,
+                           **kwargs) -> CaptionedImageDataset:
+    """Load a captioned dataset by name: ``"emoji"`` (:func:`emoji_dataset`),
+    ``"fashion-mnist-captions"`` (:func:`fashion_mnist_captions`) or ``"image-folder-captions"``
+    (:func:`image_folder_captions`, needs ``root``, ``image_size``). ``kwargs`` go to that
+    function; ``subset`` keeps a seeded random subset of that many items.
+
+    Raises:
+        ValueError: unknown ``name``; TypeError: an argument the loader does not take.
+    """
+    if name not in CAPTIONED_DATASETS:
+        raise ValueError(f"unknown captioned dataset {name!r}; known: {sorted(CAPTIONED_DATASETS)}")
+    if name == "image-folder-captions" and not kwargs.get("root"):
+        raise ValueError("dataset 'image-folder-captions' needs root=<folder of captioned images>")
+    ds = CAPTIONED_DATASETS[name](seed=seed, **kwargs)
+    return ds.subset(subset, seed=seed) if subset else ds
 
 
 def load_dataset(name: str, split: str = "train", root: Optional[str] = None,
@@ -40,7 +66,7 @@ def load_dataset(name: str, split: str = "train", root: Optional[str] = None,
         ValueError: unknown ``name``, ``image-folder`` without ``root``, or images whose channel
             count is not ``channels`` (Fashion-MNIST: 1; emoji: 3).
     """
-    if name in _CAPTIONED:  # captioned datasets (diffusion/data/captions.py): (image, caption) items
+    if name in CAPTIONED_DATASETS:  # captioned datasets: (image, caption) items
         kwargs = {"fashion-mnist-captions": dict(split=split, root=root),
                   "emoji": dict(image_size=image_size),
                   "image-folder-captions": dict(root=root, image_size=image_size,
@@ -56,7 +82,7 @@ def load_dataset(name: str, split: str = "train", root: Optional[str] = None,
         ds = DATASETS[name](split=split, root=root)
     else:
         raise ValueError(f"unknown dataset {name!r}; known: "
-                         f"{sorted(DATASETS) + ['image-folder'] + sorted(_CAPTIONED)}")
+                         f"{sorted(DATASETS) + ['image-folder'] + sorted(CAPTIONED_DATASETS)}")
     _check_channels(name, ds.data, channels)
     return ds.subset(subset, seed=seed) if subset else ds
 

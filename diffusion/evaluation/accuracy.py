@@ -1,8 +1,11 @@
-"""Evaluation of generated images. So far: conditional accuracy under the shipped classifier.
+"""Conditional accuracy of a class-conditional generator under an independent classifier.
 
 Conditional accuracy is the fraction of generated images that an independent classifier assigns to
 the class they were generated for (the "classification accuracy" used e.g. by Ho & Salimans 2022 to
 show the effect of guidance). It measures conditioning, not diversity: report it beside FID/KID.
+:func:`conditional_accuracy` is :func:`~diffusion.evaluation.evaluator.evaluate` with
+``metrics=("accuracy",)`` and no cache, returned in a short form: one code path computes the
+figure (:func:`~diffusion.evaluation.scores.conditional_accuracy_from_logits`).
 
 Example::
 
@@ -20,10 +23,10 @@ from typing import Optional
 
 import torch
 
+from diffusion.evaluation.evaluator import evaluate
 from diffusion.models.classifier import ImageClassifier
 
 
-@torch.no_grad()
 def conditional_accuracy(pipe, classifier: ImageClassifier, num_samples: int = 1000,
                          sampler: Optional[str] = None, num_inference_steps: int = 20,
                          guidance_scale: float = 2.0, batch_size: int = 250, seed: int = 0,
@@ -31,8 +34,8 @@ def conditional_accuracy(pipe, classifier: ImageClassifier, num_samples: int = 1
     """Generate ``num_samples`` images, classes cycling ``0, 1, ..., K-1, 0, ...``, and classify.
 
     Image ``i`` has class ``i % K`` and its own generator seeded ``seed + i``, so the figure does
-    not depend on ``batch_size``. Images are rounded to uint8 before classification, as in
-    :func:`diffusion.evaluation.evaluate` (whose ``"accuracy"`` metric is the same figure).
+    not depend on ``batch_size``. Images are rounded to uint8 before classification, exactly as in
+    :func:`diffusion.evaluation.evaluate` (this is its ``"accuracy"`` metric).
 
     Args:
         pipe: a class-conditional pipeline with the shared call signature.
@@ -44,34 +47,17 @@ def conditional_accuracy(pipe, classifier: ImageClassifier, num_samples: int = 1
         "seconds_per_image": float, ...settings}``.
 
     Raises:
-        ValueError: ``num_samples`` < 1, or an unconditional pipeline.
+        ValueError: ``num_samples`` < 2, or an unconditional pipeline.
     """
-    from diffusion.evaluation.sampling import iter_sample_shards
-    from samplers import sampler_name
-
-    k = pipe.num_classes
-    if k is None:
+    if getattr(pipe, "num_classes", None) is None:
         raise ValueError("conditional accuracy needs a class-conditional pipeline")
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
-    call_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-    if sampler is not None:
-        call_kwargs["sampler"] = sampler
-    preds, labels, nfe, seconds = [], [], 0, 0.0
-    # The shared generation path of diffusion.evaluation: image i has class i % K, seed seed + i.
-    for shard in iter_sample_shards(pipe, num_samples, call_kwargs=call_kwargs, seed=seed,
-                                    batch_size=batch_size, shard_size=max(batch_size, 500),
-                                    autocast_dtype=autocast_dtype, progress=False):
-        images = torch.from_numpy(shard["images"]).float() / 127.5 - 1  # uint8 -> [-1, 1]
-        preds.append(classifier.predict(images))
-        labels.append(torch.from_numpy(shard["labels"]))
-        nfe, seconds = int(shard["nfe"]), seconds + float(shard["seconds"])
-    preds, labels = torch.cat(preds), torch.cat(labels)
-    correct = (preds == labels).float()
+    r = evaluate(pipe, metrics=("accuracy",), num_samples=num_samples, batch_size=batch_size,
+                 sampler=sampler, num_inference_steps=num_inference_steps,
+                 guidance_scale=guidance_scale, seed=seed, classifier=classifier, cache_dir=None,
+                 autocast_dtype=autocast_dtype, progress=False,
+                 shard_size=max(batch_size, 500))
     return {
-        "accuracy": correct.mean().item(),
-        "per_class": [correct[labels == c].mean().item() for c in range(k)],
-        "n": num_samples, "nfe": nfe, "sampler": sampler or sampler_name(pipe),
-        "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-        "seconds_per_image": seconds / num_samples,
+        "accuracy": r["accuracy"], "per_class": r["per_class_accuracy"], "n": r["n"],
+        "nfe": r["nfe"], "sampler": r["sampler"], "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale, "seconds_per_image": r["seconds_per_image"],
     }

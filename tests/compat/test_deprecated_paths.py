@@ -43,7 +43,7 @@ MOVED = {
     "training.text_objectives": [("TextDiffusionObjective", "training.objectives.diffusion")],
     "training.ar_objectives": [("VQVAEObjective", "training.objectives.vq_ar"),
                                ("PriorObjective", "training.objectives.vq_ar")],
-    "training.captions": [("CaptionedImageDataset", "diffusion.data.captions"),
+    "training.captions": [("CaptionedImageDataset", "diffusion.data.captions"), ("emoji_dataset", "diffusion.data.emoji"),
                           ("FASHION_MNIST_HELD_OUT_PROMPTS", "diffusion.data.captions")],
 }
 

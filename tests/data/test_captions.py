@@ -1,4 +1,4 @@
-"""diffusion/data/captions.py: the captioned dataset type, emoji rendering and cache, Fashion-MNIST
+"""diffusion/data/captions.py, emoji.py, registry.py: the captioned dataset type, emoji rendering and cache, Fashion-MNIST
 prompts (training vs held-out), image folders with captions, and the name dispatch."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusion.data import emoji as emoji_module
+from diffusion.data import registry
 from diffusion.data import captions as cap
-from diffusion.data.captions import (CLDR_ANNOTATIONS_EN, FASHION_MNIST_HELD_OUT_PROMPTS,
-                                     FASHION_MNIST_TRAINING_PROMPTS, NOTO_COLOR_EMOJI,
-                                     CaptionedImageDataset, emoji_dataset, fashion_mnist_captions,
-                                     held_out_prompts, image_folder_captions,
-                                     load_captioned_dataset, training_prompts)
+from diffusion.data.captions import (FASHION_MNIST_HELD_OUT_PROMPTS, FASHION_MNIST_TRAINING_PROMPTS,
+                                     CaptionedImageDataset, fashion_mnist_captions,
+                                     held_out_prompts, image_folder_captions, training_prompts)
+from diffusion.data.emoji import CLDR_ANNOTATIONS_EN, NOTO_COLOR_EMOJI, emoji_dataset
+from diffusion.data.registry import load_captioned_dataset
 from diffusion.data.datasets import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES
 from training_helpers import synthetic_images, write_idx
 
@@ -102,7 +104,7 @@ def emoji(emoji_cache):
 
 def _index(ds, char):
     """Index of the emoji ``char`` (its first caption is its Unicode name)."""
-    name = cap.unicodedata.name(char).lower()
+    name = emoji_module.unicodedata.name(char).lower()
     return next(i for i, c in enumerate(ds.captions) if c[0] == name)
 
 
@@ -146,11 +148,11 @@ def test_emoji_cldr_keywords(emoji):
 @needs_font
 def test_emoji_without_cldr_uses_unicode_names(tmp_path):
     chars = "\U0001F34E\U0001F600"
-    cldr = cap._cldr_annotations(CLDR_ANNOTATIONS_EN) if CLDR_ANNOTATIONS_EN.is_file() else {}
-    assert cap.emoji_captions(chars[0]) == ["red apple", "a red apple emoji"]
-    assert cap.emoji_captions(chars[1], {}) == ["grinning face", "a grinning face emoji"]
+    cldr = emoji_module._cldr_annotations(CLDR_ANNOTATIONS_EN) if CLDR_ANNOTATIONS_EN.is_file() else {}
+    assert emoji_module.emoji_captions(chars[0]) == ["red apple", "a red apple emoji"]
+    assert emoji_module.emoji_captions(chars[1], {}) == ["grinning face", "a grinning face emoji"]
     if cldr:
-        assert cap.emoji_captions(chars[1], cldr)[-1] == "face, grin, grinning face"
+        assert emoji_module.emoji_captions(chars[1], cldr)[-1] == "face, grin, grinning face"
 
 
 @needs_font
@@ -161,7 +163,7 @@ def test_emoji_cache_hit_is_identical_and_skips_rendering(emoji, emoji_cache, mo
     def no_render(*args, **kwargs):
         raise AssertionError("re-rendered despite a cache file")
 
-    monkeypatch.setattr(cap, "_build_emoji", no_render)
+    monkeypatch.setattr(emoji_module, "_build_emoji", no_render)
     again = emoji_dataset(cache_dir=emoji_cache)
     assert torch.equal(again.images, emoji.images) and again.captions == emoji.captions
     # Another background is another cache key: it must render.
@@ -198,7 +200,7 @@ def test_emoji_errors(tmp_path):
 
 def test_emoji_default_cache_dir_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFUSION_CENTRIC_CACHE", str(tmp_path / "c"))
-    assert cap.default_cache_dir() == tmp_path / "c"
+    assert emoji_module.default_cache_dir() == tmp_path / "c"
 
 
 # ---------------------------------------------------------------- Fashion-MNIST prompts
@@ -335,7 +337,7 @@ def test_load_captioned_dataset_dispatch(tmp_path, monkeypatch):
                                 subset=1, seed=4)
     assert len(ds) == 1 and ds.seed == 4
     calls = {}
-    monkeypatch.setitem(cap._CAPTIONED, "emoji", lambda **kw: calls.setdefault("kw", kw) and _toy())
+    monkeypatch.setitem(registry.CAPTIONED_DATASETS, "emoji", lambda **kw: calls.setdefault("kw", kw) and _toy())
     load_captioned_dataset("emoji", image_size=16)
     assert calls["kw"] == {"seed": 0, "image_size": 16}
 
@@ -343,7 +345,7 @@ def test_load_captioned_dataset_dispatch(tmp_path, monkeypatch):
 def test_load_dataset_emoji_needs_three_channels(emoji, monkeypatch):
     from diffusion.data import load_dataset
 
-    monkeypatch.setitem(cap._CAPTIONED, "emoji", lambda seed=0, **kw: emoji)
+    monkeypatch.setitem(registry.CAPTIONED_DATASETS, "emoji", lambda seed=0, **kw: emoji)
     with pytest.raises(ValueError, match=r"'emoji' has 3-channel images but channels=1 was "
                                          r"asked: set data.channels=3"):
         load_dataset("emoji")

@@ -271,3 +271,20 @@ def test_evaluate_command_on_a_text_model_takes_prompt_sets(tmp_path, capsys):
                            (["--prompts", "nope"], "neither 'held-out', 'training' nor a JSON")):
         with pytest.raises(SystemExit, match=message):
             main([*common, *extra])
+
+
+def test_every_registered_metric_is_computed_and_recorded():
+    """Each name in METRICS yields its value(s) from compute_metrics (the metric recipe of
+    docs/contributing.md: a score in scores.py, its name in METRICS, a line in compute_metrics)."""
+    from diffusion.evaluation.evaluator import METRICS, compute_metrics
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g) + 0.5
+    logits, labels = torch.randn(40, 3, generator=g), torch.arange(40) % 3
+    keys = {"fid": "fid", "kid": "kid", "precision": "precision", "recall": "recall",
+            "is": "inception_score", "accuracy": "accuracy"}
+    assert set(keys) == set(METRICS)
+    for name in METRICS:
+        out = compute_metrics(fake, real, logits, labels, [name], kid_subsets=5, kid_subset_size=20)
+        assert isinstance(out[keys[name]], float) and out[keys[name]] == out[keys[name]], name
+        assert not set(keys.values()) - {keys[name]} & set(out), (name, sorted(out))
