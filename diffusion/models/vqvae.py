@@ -177,6 +177,11 @@ class VQVAE(ModelMixin, ConfigMixin):
                              f"got {channels!r}")
         factor = 2 ** len(channels)
         image_size = check_int("image_size", image_size)
+        # The checked Python ints replace what the caller passed (e.g. numpy ints), so the saved
+        # config.json holds plain JSON numbers.
+        self.register_to_config(in_channels=in_channels, num_res_blocks=num_res_blocks,
+                                codebook_size=codebook_size, codebook_dim=codebook_dim,
+                                image_size=image_size)
         if image_size % factor:
             raise ValueError(f"image_size {image_size} is not divisible by 2**len(channels) = "
                              f"{factor} (channels={tuple(channels)})")

@@ -448,3 +448,15 @@ def test_codebook_stays_in_sync_under_ddp(tmp_path):
     assert r0["use_ddp"] and r1["use_ddp"]
     for k in ("embed", "cluster_size", "embed_avg"):
         assert torch.isfinite(r0[k]).all() and torch.equal(r0[k], r1[k]), k
+
+
+def test_numpy_int_arguments_are_saved_as_plain_ints(tmp_path):
+    """Accepted numpy ints must not reach config.json (json cannot write them: a failed save
+    after training would lose the run)."""
+    import numpy as np
+
+    model = VQVAE(codebook_size=np.int64(16), codebook_dim=np.int32(8), channels=(8, 8))
+    model.save_pretrained(tmp_path)
+    config = VQVAE.from_pretrained(tmp_path).config
+    assert (config.codebook_size, config.codebook_dim) == (16, 8)
+    assert type(config.codebook_size) is int
