@@ -12,7 +12,7 @@ CLDR_EN := /usr/share/unicode/cldr/common/annotations/en.xml
 .PHONY: demo test setup dataset train-quick clean
 
 demo: setup dataset
-	$(PY) -m diffusion generate --out samples/grid.png
+	$(PY) -m diffusion generate --sampler euler-a --out samples/grid.png
 
 test: setup dataset
 	$(PY) -m pytest -q

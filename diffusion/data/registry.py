@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import torch
@@ -25,8 +26,9 @@ from diffusion.data.captions import (CaptionedImageDataset, fashion_mnist_captio
 from diffusion.data.datasets import TensorImageDataset, fashion_mnist, image_folder
 from diffusion.data.emoji import emoji_dataset
 
-#: labelled datasets by name -> loader(split=..., root=...)
-DATASETS: dict[str, Callable[..., TensorImageDataset]] = {"fashion-mnist": fashion_mnist}
+#: labelled datasets by name -> loader taking any of split, root, image_size, channels
+DATASETS: dict[str, Callable[..., TensorImageDataset]] = {"fashion-mnist": fashion_mnist,
+                                                         "image-folder": image_folder}
 
 
 #: captioned datasets by name -> loader(seed=..., **kwargs)
@@ -49,8 +51,7 @@ def load_captioned_dataset(name: str, subset: Optional[int] = None, seed: int = 
     """
     if name not in CAPTIONED_DATASETS:
         raise ValueError(f"unknown captioned dataset {name!r}; known: {sorted(CAPTIONED_DATASETS)}")
-    if name == "image-folder-captions" and not kwargs.get("root"):
-        raise ValueError("dataset 'image-folder-captions' needs root=<folder of captioned images>")
+    _settings_for(name, CAPTIONED_DATASETS[name], {"root": kwargs.get("root")})  # root if needed
     ds = CAPTIONED_DATASETS[name](seed=seed, **kwargs)
     return ds.subset(subset, seed=seed) if subset else ds
 
@@ -58,33 +59,41 @@ def load_captioned_dataset(name: str, subset: Optional[int] = None, seed: int = 
 def load_dataset(name: str, split: str = "train", root: Optional[str] = None,
                  image_size: int = 28, channels: int = 1, subset: Optional[int] = None,
                  seed: int = 0) -> TensorImageDataset:
-    """Load a dataset by name: ``"fashion-mnist"`` or ``"image-folder"`` (needs ``root``).
+    """Load a dataset by name: one of :data:`DATASETS` (labelled images: ``"fashion-mnist"``,
+    ``"image-folder"``) or :data:`CAPTIONED_DATASETS` (``(image, caption)`` items).
 
+    The loader receives those of ``split``, ``root``, ``image_size`` and ``channels`` that its
+    signature names (and captioned loaders ``seed``), so a new loader is registered as it is.
     ``subset`` keeps a seeded random subset of that many items.
 
     Raises:
-        ValueError: unknown ``name``, ``image-folder`` without ``root``, or images whose channel
-            count is not ``channels`` (Fashion-MNIST: 1; emoji: 3).
+        ValueError: unknown ``name``, a loader that needs ``root`` without one, or images whose
+            channel count is not ``channels`` (Fashion-MNIST: 1; emoji: 3).
     """
-    if name in CAPTIONED_DATASETS:  # captioned datasets: (image, caption) items
-        kwargs = {"fashion-mnist-captions": dict(split=split, root=root),
-                  "emoji": dict(image_size=image_size),
-                  "image-folder-captions": dict(root=root, image_size=image_size,
-                                                channels=channels)}[name]
-        ds = load_captioned_dataset(name, subset=subset, seed=seed, **kwargs)
+    settings = dict(split=split, root=root, image_size=image_size, channels=channels)
+    if name in CAPTIONED_DATASETS:
+        ds = load_captioned_dataset(name, subset=subset, seed=seed,
+                                    **_settings_for(name, CAPTIONED_DATASETS[name], settings))
         _check_channels(name, ds.images, channels)
         return ds
-    if name == "image-folder":
-        if not root:
-            raise ValueError("dataset 'image-folder' needs root=<folder of class sub-folders>")
-        ds = image_folder(root, image_size=image_size, channels=channels)
-    elif name in DATASETS:
-        ds = DATASETS[name](split=split, root=root)
-    else:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: "
-                         f"{sorted(DATASETS) + ['image-folder'] + sorted(CAPTIONED_DATASETS)}")
+                         f"{sorted(DATASETS) + sorted(CAPTIONED_DATASETS)}")
+    ds = DATASETS[name](**_settings_for(name, DATASETS[name], settings))
     _check_channels(name, ds.data, channels)
     return ds.subset(subset, seed=seed) if subset else ds
+
+
+def _settings_for(name: str, loader: Callable, settings: dict) -> dict:
+    """The entries of ``settings`` that ``loader``'s signature names; a required ``root`` that is
+    ``None`` is refused by name."""
+    params = inspect.signature(loader).parameters
+    chosen = {k: v for k, v in settings.items() if k in params}
+    root = params.get("root")
+    if root is not None and root.default is inspect.Parameter.empty and not chosen.get("root"):
+        raise ValueError(f"dataset {name!r} needs root=<its folder> (data.root in a training "
+                         f"config, --dataset-root on the command line)")
+    return chosen
 
 
 def _check_channels(name: str, images: torch.Tensor, channels: int) -> None:

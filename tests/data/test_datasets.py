@@ -8,6 +8,7 @@ import torch
 
 from diffusion.data import datasets as data
 from diffusion.data import load_dataset
+from diffusion.data.captions import CaptionedImageDataset
 from diffusion.data.datasets import (DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES,
                                      TensorImageDataset, fashion_mnist, image_folder,
                                      images_to_tensor)
@@ -196,3 +197,26 @@ def test_load_dataset_refuses_the_wrong_channel_count_up_front(tmp_path, no_defa
                                          r"was asked: set data.channels=1"):
         load_dataset("fashion-mnist", root=str(tmp_path), channels=3)
     assert load_dataset("fashion-mnist", root=str(tmp_path), channels=1).images.shape[1] == 1
+
+
+def test_a_registered_loader_gets_the_settings_its_signature_names(monkeypatch, tmp_path):
+    """A new dataset is one registry entry: load_dataset passes it only what it takes, and a
+    loader that needs a root is refused by name without one (docs/contributing.md)."""
+    from diffusion.data import registry
+
+    seen = {}
+
+    def tiny(root, image_size):
+        seen.update(root=root, image_size=image_size)
+        return TensorImageDataset(torch.zeros(4, 1, image_size, image_size), torch.arange(4) % 2,
+                                  ("a", "b"))
+
+    monkeypatch.setitem(registry.DATASETS, "tiny", tiny)
+    ds = load_dataset("tiny", root=str(tmp_path), image_size=8, subset=2)
+    assert seen == {"root": str(tmp_path), "image_size": 8} and len(ds) == 2
+    with pytest.raises(ValueError, match="'tiny' needs root"):
+        load_dataset("tiny", image_size=8)
+    monkeypatch.setitem(registry.CAPTIONED_DATASETS, "tiny-captions",
+                        lambda image_size, seed=0: CaptionedImageDataset(
+                            torch.zeros(2, 1, image_size, image_size), [["x"], ["y"]], seed=seed))
+    assert load_dataset("tiny-captions", image_size=8).images.shape == (2, 1, 8, 8)
