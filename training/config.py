@@ -150,10 +150,10 @@ class TrainConfig:
     max_grad_norm: Optional[float] = 1.0
     lr_scheduler: str = "cosine"       # any diffusers.optimization.get_scheduler name
     lr_warmup_steps: int = 100
-    mixed_precision: str = "no"        # no | bf16 | fp16
+    mixed_precision: str = "no"        # no | bf16 | fp16 (fp16: GPU only; refused on CPU)
     use_ema: bool = True
     ema_max_decay: float = 0.999
-    ema_warmup: bool = True            # decay = 1 - (1 + step)^(-2/3), capped (Karras / diffusers)
+    ema_warmup: bool = True            # k-th update: min(max, 1 - k^(-2/3)); false: max from k=2
     log_every: int = 50
     sample_every: int = 500            # sample grid (or eval) every k steps; 0: only at the end
     checkpoint_every: int = 500        # 0: only at the end
@@ -162,6 +162,7 @@ class TrainConfig:
     num_workers: int = 0
     num_threads: Optional[int] = None  # torch CPU threads per process (None: cores / processes)
     export: bool = True                # write the final pipeline / model to output_dir
+    max_nonfinite_steps: int = 3       # stop after this many non-finite (skipped) steps in a row
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def load_config(path: Union[str, Path, None] = None,
         if value not in allowed:
             raise ValueError(f"{section}.{key} must be one of {allowed}, got {value!r}")
     t = cfg.train
-    for key in ("max_steps", "batch_size", "gradient_accumulation_steps"):
+    for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_nonfinite_steps"):
         check_int(f"train.{key}", getattr(t, key), low=1)
     g = cfg.gan
     check_int("gan.r1_every", g.r1_every, low=1)

@@ -4,6 +4,9 @@ Mixed precision, gradient accumulation, DDP via ``accelerate launch`` / ``torchr
 warm-up (diffusers ``EMAModel``), LR schedules (diffusers ``get_scheduler``), TensorBoard logging,
 periodic evaluation / sample grids from the EMA weights, atomic ``save_state`` checkpoints and exact
 resume (step, epoch, position in the data, optimizer, LR schedule, EMA, RNG), and a final export.
+Nothing fails silently: a non-finite loss or gradient skips the optimizer step (and stops the run
+after ``train.max_nonfinite_steps`` in a row), and no checkpoint or export is written from NaN/inf
+weights (:class:`NonFiniteError`).
 
 What is family-specific lives in an :class:`training.objectives.base.Objective` (one module per
 family in :mod:`training.objectives`, named by its registry).
@@ -53,6 +56,18 @@ CHECKPOINT_PREFIX = "checkpoint-"
 FINAL_DIR = "final"
 
 
+class NonFiniteError(FloatingPointError):
+    """Training met NaN / inf: ``train.max_nonfinite_steps`` consecutive optimizer steps with a
+    non-finite loss or gradient, or weights that cannot be saved. The message names the step, the
+    loss or the tensors, and the last good checkpoint."""
+
+
+def _all_finite(tensors) -> torch.Tensor:
+    """A 0-dim bool tensor: no element of any of ``tensors`` is NaN or inf (True if none)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return torch.stack(flags).all() if flags else torch.tensor(True)
+
+
 class EpochSampler(Sampler):
     """A permutation of ``range(n)`` drawn from ``(seed, epoch)`` alone: the same on every process
     (accelerate shards it) and the same again after a resume."""
@@ -75,11 +90,12 @@ class TrainState:
     """Counters and the training RNG, checkpointed with the model (``register_for_checkpointing``).
 
     ``step`` counts optimizer steps; ``batch_in_epoch`` counts micro-batches of this epoch already
-    consumed; ``generator`` draws all training randomness of the objective.
+    consumed; ``generator`` draws all training randomness of the objective; ``nonfinite_skips``
+    counts optimizer steps skipped for a non-finite loss or gradient.
     """
 
     def __init__(self, seed: int, process_index: int = 0):
-        self.step = self.epoch = self.batch_in_epoch = 0
+        self.step = self.epoch = self.batch_in_epoch = self.nonfinite_skips = 0
         self.train_seconds = 0.0
         self.process_index = process_index
         self.generator = torch.Generator().manual_seed(seed)
@@ -92,11 +108,13 @@ class TrainState:
         if states is None:
             states = self.generator.get_state().unsqueeze(0)
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "train_seconds": self.train_seconds, "generator": states}
+                "train_seconds": self.train_seconds, "generator": states,
+                "nonfinite_skips": self.nonfinite_skips}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch, self.train_seconds = int(state["batch_in_epoch"]), float(state["train_seconds"])
+        self.nonfinite_skips = int(state.get("nonfinite_skips", 0))  # absent before 0.2.0
         states = state["generator"]
         if states.ndim == 1:  # a single process's state
             states = states.unsqueeze(0)
@@ -128,6 +146,24 @@ def _resume_path(cfg: ExperimentConfig) -> Optional[Path]:
     if not path.is_dir():
         raise FileNotFoundError(f"train.resume={resume!r} is not a checkpoint folder")
     return path
+
+
+def build_ema(parameters, t) -> EMAModel:
+    """The weight EMA of ``parameters`` (diffusers ``EMAModel``) for ``t = cfg.train``.
+
+    At the k-th update (k = 1, 2, ...; one per optimizer step the module takes) the decay is
+
+    * ``t.ema_warmup=True``: ``min(t.ema_max_decay, 1 - k^(-2/3))`` (diffusers' warm-up with
+      ``inv_gamma=1, power=2/3``: ``1 - (1 + s)^(-2/3)``, s = k - 1 earlier updates);
+    * ``t.ema_warmup=False``: ``t.ema_max_decay`` from k = 2 on. diffusers would still ramp it
+      as ``(1 + s) / (10 + s)``, so ``min_decay`` is set to the maximum, which pins it.
+
+    Both give 0 at k = 1: the average starts at the weights after the first step. The settings
+    are in the EMA's state dict, so a resumed run keeps them.
+    """
+    decay = float(t.ema_max_decay)
+    return EMAModel(parameters, decay=decay, min_decay=0.0 if t.ema_warmup else decay,
+                    use_ema_warmup=t.ema_warmup, inv_gamma=1.0, power=2 / 3)
 
 
 def _cpu_only_multiprocess() -> bool:
@@ -176,7 +212,8 @@ class Trainer:
 
     Raises:
         ValueError: ``dataset``'s images are not ``(N, data.channels, data.image_size,
-            data.image_size)``, or the dataset is smaller than one batch per process.
+            data.image_size)``, the dataset is smaller than one batch per process, or
+            ``train.mixed_precision=fp16`` on a CPU device (before any other work).
     """
 
     def __init__(self, cfg: ExperimentConfig, accelerator: Optional[Accelerator] = None,
@@ -194,6 +231,13 @@ class Trainer:
             mixed_precision=t.mixed_precision, log_with="tensorboard",
             project_dir=str(self.output_dir), rng_types=[], cpu=_cpu_only_multiprocess())
         acc = self.accelerator
+        if acc.mixed_precision == "fp16" and acc.device.type == "cpu":
+            # accelerate (1.x) gives fp16 on CPU neither autocast nor a GradScaler: it would
+            # train in fp32 while the run records fp16.
+            raise ValueError("train.mixed_precision='fp16' needs a GPU: on CPU accelerate applies "
+                             "neither fp16 autocast nor a gradient scaler. Use "
+                             "train.mixed_precision=bf16 (bfloat16 autocast, no scaler needed) "
+                             "or no (fp32)")
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // acc.num_processes))
         set_seed(t.seed)  # identical initial weights on every process
 
@@ -235,20 +279,25 @@ class Trainer:
         self.emas = {}
         if t.use_ema:
             for n in self.objective.ema_modules:
-                ema = EMAModel(acc.unwrap_model(self.modules[n]).parameters(), decay=t.ema_max_decay,
-                               use_ema_warmup=t.ema_warmup, inv_gamma=1.0, power=2 / 3)
+                ema = build_ema(acc.unwrap_model(self.modules[n]).parameters(), t)
                 ema.to(acc.device)
                 self.emas[n] = ema
         self.state = TrainState(t.seed * 1000 + acc.process_index, acc.process_index)
+        self.skips_in_a_row = {name: 0 for name in optimizers}  # non-finite steps, per optimizer
         for obj in (self.state, *self.lr_schedulers.values(), *self.emas.values()):
             acc.register_for_checkpointing(obj)
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """``save_state`` into a temporary folder, then an atomic rename to ``checkpoint-<step>``;
-        keeps the newest ``checkpoints_total_limit``."""
+        keeps the newest ``checkpoints_total_limit``.
+
+        Raises:
+            NonFiniteError: a parameter or EMA weight is NaN / inf on any process (nothing written).
+        """
         acc, root = self.accelerator, self.output_dir / "checkpoints"
         final = root / f"{CHECKPOINT_PREFIX}{self.state.step:07d}"
+        self.check_finite_weights(f"checkpoint {final}")
         tmp = root / f".tmp-{final.name}"
         if acc.is_main_process:
             root.mkdir(parents=True, exist_ok=True)
@@ -266,6 +315,41 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final
+
+    def last_checkpoint_text(self) -> str:
+        """"last good checkpoint: <path>" or that there is none (checkpoints are only written from
+        finite weights, so the newest one is good)."""
+        found = list_checkpoints(self.output_dir)
+        if not found:
+            return "no checkpoint has been written yet"
+        return f"last good checkpoint: {found[-1]} (rerun with train.resume=auto to resume from it)"
+
+    def nonfinite_weights(self) -> list:
+        """Names of this process's parameters (``"<module>.<name>"``) and EMA weights (``"EMA
+        <module>.<name>"``) that hold a NaN or inf; empty when all are finite."""
+        bad = []
+        for n, m in self.modules.items():
+            named = list(self.accelerator.unwrap_model(m).named_parameters())
+            bad += [f"{n}.{name}" for name, p in named if not torch.isfinite(p).all()]
+            if n in self.emas:
+                shadow = self.emas[n].shadow_params
+                names = [name for name, _ in named] if len(named) == len(shadow) else range(len(shadow))
+                bad += [f"EMA {n}.{name}" for name, s in zip(names, shadow) if not torch.isfinite(s).all()]
+        return bad
+
+    def check_finite_weights(self, what: str, collective: bool = True) -> None:
+        """Raise :class:`NonFiniteError` if any parameter or EMA weight is NaN / inf, before
+        ``what`` is written. ``collective``: every process calls it and all raise together."""
+        bad = self.nonfinite_weights()
+        count = len(bad)
+        if collective:
+            acc = self.accelerator
+            count = int(acc.reduce(torch.tensor(float(count), device=acc.device), "sum").item())
+        if count:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise NonFiniteError(f"refusing to write {what} at step {self.state.step}: non-finite "
+                                 f"(NaN/inf) weights in {shown or 'another process'}; nothing was "
+                                 f"written; {self.last_checkpoint_text()}")
 
     def load_checkpoint(self, path) -> None:
         self.accelerator.load_state(str(path))
@@ -311,33 +395,100 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
     def train_step(self, data) -> dict:
-        """One optimizer step per optimizer: ``gradient_accumulation_steps`` micro-batches each."""
+        """One optimizer step per optimizer: ``gradient_accumulation_steps`` micro-batches each.
+
+        Each optimizer's step is decided on its own (the GAN's discriminator, then its generator):
+        a non-finite loss in any micro-batch or a non-finite gradient, on any process, skips it
+        (:meth:`step_is_finite`): its parameters, optimizer state and LR schedule stay as they
+        were, its gradients are zeroed, its logs are dropped and the EMA of its module does not
+        step. ``state.step`` advances when at least one optimizer stepped, so a step that every
+        optimizer skipped is taken again on the next micro-batches (the skipped ones are consumed).
+
+        Raises:
+            NonFiniteError: ``train.max_nonfinite_steps`` consecutive skips of one optimizer.
+        """
         acc, k = self.accelerator, self.cfg.gradient_accumulation_steps
         micro = [next(data) for _ in range(k)]
         logs: dict = {}
+        stepped = set()  # modules whose optimizer stepped
         self.objective.step = self.state.step  # e.g. lazy regularisation every k steps
         for opt_name, module_name in self.groups.items():
-            module = self.modules[module_name]
+            module, optimizer = self.modules[module_name], self.optimizers[opt_name]
             # Start from zero: another group's backward may have reached these parameters.
-            self.optimizers[opt_name].zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
+            step_logs: dict = {}
+            mean_loss = torch.zeros((), device=acc.device)  # NaN / inf if any micro-batch's is
             for j, batch in enumerate(micro):
                 with acc.no_sync(module) if j < k - 1 else nullcontext(), acc.autocast():
                     loss, items = self.objective.loss(opt_name, self.modules, batch, self.state.generator)
                 acc.backward(loss / k)
+                mean_loss += loss.detach().float() / k
                 for key, v in items.items():
                     name = key if len(self.groups) == 1 else f"{opt_name}/{key}"
-                    logs[name] = logs.get(name, 0.0) + v / k
+                    step_logs[name] = step_logs.get(name, 0.0) + v / k
             if self.cfg.max_grad_norm:
-                logs[f"{opt_name}/grad_norm"] = float(acc.clip_grad_norm_(module.parameters(),
-                                                                          self.cfg.max_grad_norm))
-            logs[f"{opt_name}/lr"] = self.lr_schedulers[opt_name].get_last_lr()[0]  # this step's
-            self.optimizers[opt_name].step()
-            self.lr_schedulers[opt_name].step()
-            self.optimizers[opt_name].zero_grad(set_to_none=True)
+                step_logs[f"{opt_name}/grad_norm"] = float(acc.clip_grad_norm_(module.parameters(),
+                                                                               self.cfg.max_grad_norm))
+            if self.step_is_finite(opt_name, module, mean_loss):
+                step_logs[f"{opt_name}/lr"] = self.lr_schedulers[opt_name].get_last_lr()[0]  # this step's
+                optimizer.step()
+                if not optimizer.step_was_skipped:  # fp16: the GradScaler skips inf-gradient steps
+                    self.lr_schedulers[opt_name].step()
+                    logs.update(step_logs)
+                    stepped.add(module_name)
+            optimizer.zero_grad(set_to_none=True)
         for n, ema in self.emas.items():
-            ema.step(acc.unwrap_model(self.modules[n]).parameters())
-        self.state.step += 1
+            if n in stepped:
+                ema.step(acc.unwrap_model(self.modules[n]).parameters())
+        if stepped:
+            self.state.step += 1
         return logs
+
+    def step_is_finite(self, opt_name: str, module, mean_loss: torch.Tensor) -> bool:
+        """Whether ``opt_name``'s accumulated step may be applied: ``mean_loss`` (the mean over
+        the micro-batches) and every gradient of ``module`` finite on every process. The flags are
+        summed over processes (``accelerator.reduce``), so all processes skip together. Under fp16
+        only the loss is checked: an inf gradient is the GradScaler's overflow signal, and the
+        scaler skips that step and lowers its scale itself (not counted here).
+
+        A skip is counted (``state.nonfinite_skips``, logged as ``train/nonfinite_skips``) and
+        logged with the step and the loss; the ``train.max_nonfinite_steps``-th skip in a row of
+        one optimizer raises :class:`NonFiniteError` naming the step, the loss and the last good
+        checkpoint.
+        """
+        acc, state = self.accelerator, self.state
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        grads_finite = _all_finite(grads if acc.scaler is None else []).to(acc.device)
+        flags = torch.stack([(~torch.isfinite(mean_loss)).float(), (~grads_finite).float(), mean_loss])
+        bad_loss, bad_grad, loss_sum = acc.reduce(flags, reduction="sum").tolist()
+        if not (bad_loss or bad_grad):
+            self.skips_in_a_row[opt_name] = 0
+            return True
+        if acc.scaler is not None:  # fp16: end the scaler's step without stepping, for the next one
+            if not self.cfg.max_grad_norm:  # clip_grad_norm_ unscaled (and inf-checked) already
+                acc.scaler.unscale_(self.optimizers[opt_name].optimizer)
+            acc.scaler.update()
+        state.nonfinite_skips += 1
+        self.skips_in_a_row[opt_name] = in_a_row = self.skips_in_a_row[opt_name] + 1
+        what = "loss" if bad_loss else "gradient"
+        loss = f"{loss_sum / acc.num_processes:.4g}"  # over processes: NaN / inf if any one's is
+        where = f" on {int(bad_loss or bad_grad)} of {acc.num_processes} processes" \
+            if acc.num_processes > 1 else ""
+        if acc.is_main_process:
+            logger.warning("step %d: non-finite %s%s (loss %s); skipped the %r optimizer step (%d "
+                           "in a row, %d in all)", state.step, what, where, loss, opt_name, in_a_row,
+                           state.nonfinite_skips)
+        acc.log({"train/nonfinite_skips": state.nonfinite_skips}, step=state.step)
+        limit = self.cfg.max_nonfinite_steps
+        if in_a_row >= limit:
+            raise NonFiniteError(
+                f"training stopped at step {state.step}: {in_a_row} optimizer steps of {opt_name!r} "
+                f"in a row were skipped for a non-finite loss or gradient (train.max_nonfinite_steps="
+                f"{limit}); the last had a non-finite {what}{where} (loss {loss}). The weights, "
+                f"optimizer state, LR schedule and EMA are those of the last good step; "
+                f"{self.last_checkpoint_text()}. Lower train.learning_rate, set train.max_grad_norm "
+                f"or check the data")
+        return False
 
     def run(self) -> Path:
         """Train (resuming if a checkpoint is found), export, and return the export folder."""
@@ -357,13 +508,23 @@ class Trainer:
         start, base_seconds, window = time.time(), state.train_seconds, {}
         last_logs: dict = {}
         while state.step < t.max_steps:
-            logs = self.train_step(data)
+            before = state.step
+            try:
+                logs = self.train_step(data)
+            except NonFiniteError:
+                bar.close()
+                for tracker in acc.trackers:  # the logged skips reach the event files
+                    tracker.finish()
+                raise
             state.train_seconds = base_seconds + time.time() - start
+            if state.step == before:  # every optimizer skipped a non-finite step: take it again
+                continue
             for key, v in logs.items():
                 window.setdefault(key, []).append(v)
             bar.update(1)
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 last_logs = {key: sum(v) / len(v) for key, v in window.items()}
+                last_logs["nonfinite_skips"] = state.nonfinite_skips  # so far, in all
                 window = {}
                 acc.log({f"train/{k}": v for k, v in last_logs.items()}, step=state.step)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items() if "/" not in k})
@@ -384,7 +545,13 @@ class Trainer:
         return out
 
     def export(self, out: Path, figures: dict) -> None:
-        """Write the objective's export (EMA weights) plus config and summary, atomically."""
+        """Write the objective's export (EMA weights) plus config and summary, atomically.
+
+        Raises:
+            NonFiniteError: a parameter or EMA weight is NaN / inf (nothing written; in
+                :meth:`run` the final checkpoint has checked the same weights on every process).
+        """
+        self.check_finite_weights(f"the export {out}", collective=False)  # main process only
         tmp = out.parent / f".tmp-{out.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         with self.ema_weights() as modules:
@@ -399,6 +566,7 @@ class Trainer:
             "hardware": hardware_description(self.accelerator.device),
             "num_processes": self.accelerator.num_processes,
             "mixed_precision": self.cfg.mixed_precision,
+            "nonfinite_skips": self.state.nonfinite_skips,
             "parameters": sum(p.numel() for m in self.modules.values() for p in m.parameters()),
             "dataset": self.dataset_description,
             "command": _command_line(),

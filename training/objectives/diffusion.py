@@ -57,11 +57,25 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> to
     """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 10-11) for each parameterisation.
 
     The x0-loss weight is ``min(SNR, gamma)``; an epsilon-MSE equals the x0-MSE times ``1/SNR``
-    and a v-MSE equals it times ``1/(SNR + 1)``, so those are divided out.
+    and a v-MSE equals it times ``1/(SNR + 1)``, so those are divided out:
+
+    * ``"epsilon"``: ``min(SNR, gamma) / SNR``, computed as ``min(1, gamma / SNR)`` so that it is
+      1 at SNR = 0 (its limit; the last timestep of a zero-terminal-SNR schedule, or one whose
+      ``alphas_cumprod`` underflows to 0 in float32) instead of 0/0 = NaN;
+    * ``"v_prediction"``: ``min(SNR, gamma) / (SNR + 1)``;
+    * ``"sample"`` (x0): ``min(SNR, gamma)``.
+
+    Args:
+        snr: ``alphas_cumprod / (1 - alphas_cumprod)`` per sample, any shape, values in [0, inf].
+        gamma: the clip, > 0 (Hang et al. use 5).
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+
+    Returns:
+        Finite weights of ``snr``'s shape: in [0, 1] for epsilon and v, in [0, gamma] for x0.
     """
     clipped = torch.clamp(snr, max=gamma)
     if prediction_type == "epsilon":
-        return clipped / snr
+        return torch.clamp(gamma / snr, max=1.0)  # gamma / 0 = inf -> 1, gamma / inf = 0
     if prediction_type == "v_prediction":
         return clipped / (snr + 1)
     return clipped

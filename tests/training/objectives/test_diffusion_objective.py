@@ -68,6 +68,48 @@ def test_min_snr_weights_reference_values():
     assert torch.allclose(min_snr_weights(snr, 5.0, "sample"), torch.tensor([0.5, 5.0, 5.0]))
 
 
+def _min_snr_closed_form(snr: float, gamma: float, prediction_type: str) -> float:
+    """Hang et al. 2023, eq. 10-11 in plain floats, with the epsilon weight's limit 1 at SNR = 0
+    (min(SNR, gamma) / SNR = 1 for every 0 < SNR <= gamma)."""
+    clipped = min(snr, gamma)
+    if prediction_type == "epsilon":
+        return 1.0 if snr == 0 else clipped / snr
+    if prediction_type == "v_prediction":
+        return 0.0 if snr == float("inf") else clipped / (snr + 1)
+    return clipped
+
+
+SNRS = [0.0, 1e-38, 1e-6, 0.5, 5.0, 50.0, 1e20, 3e38, float("inf")]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("gamma", [1.0, 5.0])
+def test_min_snr_weights_match_the_closed_form_at_every_snr(prediction_type, gamma):
+    """Finite everywhere, including SNR = 0 (formerly 0/0 = NaN for epsilon) and SNR -> inf."""
+    weights = min_snr_weights(torch.tensor(SNRS), gamma, prediction_type)
+    assert torch.isfinite(weights).all(), weights
+    expected = torch.tensor([_min_snr_closed_form(s, gamma, prediction_type) for s in SNRS])
+    torch.testing.assert_close(weights, expected, rtol=1e-6, atol=0.0)
+
+
+def test_min_snr_loss_is_finite_where_alphas_cumprod_underflows_to_zero():
+    """beta_end=0.5: alphas_cumprod is exactly 0 in float32 from t = 609 on (SNR = 0), where
+    the epsilon weight is its limit 1."""
+    obj = objective("diffusion.cond_drop_prob=0", "diffusion.snr_gamma=5", "diffusion.beta_end=0.5")
+    x0, labels = torch.rand(64, 1, 28, 28) * 2 - 1, torch.arange(64) % 10
+    g = torch.Generator().manual_seed(0)
+    torch.rand(64, generator=g)
+    t = torch.randint(0, 1000, (64,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    abar = obj.noise_scheduler.alphas_cumprod[t].double()
+    assert (abar == 0).any()
+    snr = abar / (1 - abar)
+    w = torch.where(snr == 0, 1.0, torch.clamp(snr, max=5.0) / snr)  # the closed form
+    expected = (eps.double().pow(2).mean(dim=(1, 2, 3)) * w).mean()
+    loss, _ = obj.loss("model", obj.modules, (x0, labels), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_min_snr_loss_is_the_weighted_mean():
     x0, labels = torch.rand(6, 1, 28, 28) * 2 - 1, torch.arange(6)
     plain = objective("diffusion.cond_drop_prob=0")
