@@ -6,6 +6,7 @@ from samplers.diffusion import (
     SamplerSpec,
     build_sampler,
     check_prediction_type,
+    clipping_options,
     list_samplers,
     nfe_for_steps,
     register_sampler,
@@ -27,8 +28,8 @@ from samplers.logits import (
 )
 
 __all__ = ["DEFAULT_SAMPLER", "PREDICTION_TYPES", "SamplerSpec", "build_sampler",
-           "check_prediction_type", "list_samplers", "nfe_for_steps", "register_sampler",
-           "sampler_name", "sampler_name_of",
+           "check_prediction_type", "clipping_options", "list_samplers", "nfe_for_steps",
+           "register_sampler", "sampler_name", "sampler_name_of",
            "sampler_spec", "steps_for_nfe", "training_schedule",
            # token decoding (samplers/decoding.py, samplers/logits.py)
            "DecodeOutput", "LogitsProcessorList", "TemperatureLogitsWarper", "TokenModel",

@@ -21,10 +21,19 @@ Example::
 Given a perfect denoiser, every sampler here ends on the clean sample (to 1e-4) for every step
 count tested (1..50) and every prediction type it accepts (``tests/samplers/test_oracle.py``);
 DEIS ends one training step short of it (``SamplerSpec.final_sigmas_type``).
+
+Clipping and thresholding x0 are offered where the diffusers class takes them
+(:func:`clipping_options`): ``clip_sample`` for ddim, ddpm and heun, ``thresholding`` (dynamic
+thresholding, Saharia et al. 2022, Sec. 2.3) for ddim, ddpm, the dpmpp samplers, unipc and deis;
+off unless asked for, but for ddpm's ``clip_sample``. Whichever is on, each update uses the
+clipped x0 *and* the epsilon recomputed from it, ``eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)``
+(diffusers' ``use_clipped_model_output``), so a step never mixes two different x0. The other
+samplers refuse the options by name (``ValueError``).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
@@ -57,6 +66,17 @@ DEFAULT_SAMPLER = "dpmpp-2m"
 
 #: What a network may predict (``prediction_type`` of the training schedule).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+#: Scheduler options that clip or threshold the x0 prediction -> the switch each needs (``None``:
+#: it is the switch). Clipping: ``x0 -> clamp(x0, -clip_sample_range, clip_sample_range)``.
+#: Dynamic thresholding (Saharia et al. 2022, Sec. 2.3): ``x0 -> clamp(x0, -s, s) / s``, ``s`` the
+#: ``dynamic_thresholding_ratio`` quantile of ``|x0|`` per image, clamped to
+#: ``[1, sample_max_value]``.
+X0_CLIPPING_OPTIONS: Mapping[str, Optional[str]] = {
+    "clip_sample": None, "clip_sample_range": "clip_sample",
+    "thresholding": None, "dynamic_thresholding_ratio": "thresholding",
+    "sample_max_value": "thresholding",
+}
 
 
 @dataclass(frozen=True)
@@ -107,16 +127,35 @@ class ScheduledDDIMScheduler(DDIMScheduler):
     noise of std ``sqrt(1 - abar_0)`` (0.01 on the linear schedule) in every image (diffusers
     issues #9261, #12633). Here ``prev_t`` is the next entry of ``self.timesteps``, as in diffusers'
     ``DDPMScheduler.previous_timestep`` since PR #9384; where the stride is exact (``T % n == 0``,
-    or "leading" spacing) the result is bit-identical to the parent's. The rest of ``step``
-    (``eta``, clipping, thresholding, ``variance_noise``) mirrors the parent line by line.
+    or "leading" spacing) the result is bit-identical to the parent's.
+
+    And with ``clip_sample`` or ``thresholding`` on, eq. 12 takes the epsilon recomputed from the
+    clipped x0 - always, as the parent does only when called with ``use_clipped_model_output=True``.
+    The parent's default keeps the network's epsilon beside the clipped x0: a step that mixes two
+    different x0 (with an exact denoiser for data in [-1.5, 1.5], one step is up to 0.39 off the
+    consistent one, 10 steps drift 0.55; the shipped model's conditional accuracy was 0.57 with
+    it, 0.94 unclipped). The rest of ``step`` (``eta``, ``variance_noise``) mirrors the parent
+    line by line.
     """
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
-             use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,
+             use_clipped_model_output: Optional[bool] = None,
+             generator: Optional[torch.Generator] = None,
              variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
-        """``x_{t_prev}`` from the network output at ``(x_t, t)``; arguments as the parent's."""
+        """``x_{t_prev}`` from the network output at ``(x_t, t)``; arguments as the parent's.
+
+        ``use_clipped_model_output``: ``None`` (the default) or ``True``; the epsilon is recomputed
+        from x0 whenever x0 is clipped or thresholded. Raises ``ValueError`` for ``False`` with
+        clipping or thresholding on (the inconsistent update the parent would make).
+        """
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps before step")
+        clips = bool(self.config.thresholding or self.config.clip_sample)
+        if clips and use_clipped_model_output is False:
+            raise ValueError("use_clipped_model_output=False with clip_sample or thresholding on "
+                             "would pair the clipped x0 with the unclipped epsilon in DDIM eq. 12; "
+                             "this sampler always recomputes epsilon from the clipped x0: "
+                             "pass None")
         prev_t = _next_timestep(self.timesteps, timestep)
         alpha_prod_t = self.alphas_cumprod[timestep]
         alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
@@ -127,7 +166,7 @@ class ScheduledDDIMScheduler(DDIMScheduler):
         elif self.config.clip_sample:
             x0_pred = x0_pred.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
         std_dev_t = eta * self._get_variance(timestep, prev_t) ** 0.5   # sigma_t(eta), eq. 16
-        if use_clipped_model_output:
+        if clips or use_clipped_model_output:  # the epsilon of the clipped x0 (eq. 12 needs one x0)
             eps_pred = (sample - alpha_prod_t ** 0.5 * x0_pred) / (1 - alpha_prod_t) ** 0.5
         # eq. 12: sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma_t^2) eps + sigma_t z
         prev_sample = (alpha_prod_t_prev ** 0.5 * x0_pred
@@ -214,8 +253,8 @@ class ScheduledPNDMScheduler(PNDMScheduler):
 
 _REGISTRY: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(DDPMScheduler, {"clip_sample": True}, True, "Ho et al. 2020, Alg. 2"),
-    # No x0 clipping for DDIM: diffusers clips x0 but keeps the unclipped epsilon in eq. 12, and
-    # the inconsistent pair drops the shipped model's conditional accuracy from 0.95 to 0.56.
+    # No x0 clipping for DDIM by default (DDIMScheduler's default is on); with clip_sample or
+    # thresholding, ScheduledDDIMScheduler recomputes epsilon from the clipped x0 (see there).
     # ScheduledDDIMScheduler: diffusers' DDIM steps by T // n, which misses the trailing schedule.
     "ddim": SamplerSpec(ScheduledDDIMScheduler, {"clip_sample": False}, False,
                         "Song et al. 2021, eq. 12"),
@@ -293,9 +332,9 @@ def sampler_name(scheduler_or_pipeline: Any) -> Optional[str]:
 
     Example::
 
-        >>> from diffusers import DDPMScheduler, LMSDiscreteScheduler
-        >>> sampler_name(build_sampler("heun", DDPMScheduler())), sampler_name(LMSDiscreteScheduler())
-        ('heun', 'LMSDiscreteScheduler')
+        >>> from diffusers import DDIMScheduler, DDPMScheduler
+        >>> sampler_name(build_sampler("heun", DDPMScheduler())), sampler_name(DDIMScheduler())
+        ('heun', 'DDIMScheduler')
     """
     scheduler = scheduler_or_pipeline
     if scheduler is not None and not isinstance(scheduler, SchedulerMixin):
@@ -343,8 +382,18 @@ def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
         A new diffusers scheduler; call ``set_timesteps(num_inference_steps)`` before use.
 
     Raises:
-        ValueError: unknown sampler name, or a ``prediction_type`` the sampler does not accept
-            (see :func:`check_prediction_type`).
+        ValueError: unknown sampler name, a ``prediction_type`` the sampler does not accept
+            (see :func:`check_prediction_type`), or an x0 clipping/thresholding option the
+            sampler does not offer or that would have no effect (see :func:`clipping_options`).
+
+    Example::
+
+        >>> build_sampler("ddim", DDPMScheduler(), clip_sample=True).config.clip_sample
+        True
+        >>> build_sampler("euler", DDPMScheduler(), clip_sample=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: sampler 'euler' does not offer clip_sample (...); clip_sample is offered by ...
     """
     spec = sampler_spec(name)
     kwargs = training_schedule(config_or_scheduler)
@@ -352,7 +401,64 @@ def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
     kwargs.update(spec.options)
     kwargs.update(overrides)
     check_prediction_type(name, kwargs.get("prediction_type", "epsilon"))  # diffusers' default
+    _check_x0_clipping(name, overrides, kwargs)
     return spec.scheduler_class(**kwargs)
+
+
+def _constructor_defaults(scheduler_class: type) -> dict[str, Any]:
+    """The keyword arguments ``scheduler_class(...)`` takes -> their defaults."""
+    return {k: p.default for k, p in inspect.signature(scheduler_class.__init__).parameters.items()
+            if k != "self"}
+
+
+def clipping_options(name: str) -> tuple[str, ...]:
+    """Which of ``"clip_sample"`` and ``"thresholding"`` sampler ``name`` offers: those its
+    scheduler class takes. Either one, when on, clips x0 and makes the update use the epsilon
+    recomputed from the clipped x0 (checked by ``tests/samplers/test_oracle.py``): ddim by
+    :class:`ScheduledDDIMScheduler`; ddpm because its posterior mean (Ho et al. 2020, eq. 7) is a
+    function of x_t and the clipped x0 only; heun because its slope is ``(x - x0) / sigma``; the
+    dpmpp samplers and unipc because their data-prediction updates take x0 alone; deis because it
+    converts the clipped x0 back to epsilon.
+
+    Raises:
+        ValueError: unknown name.
+
+    Example::
+
+        >>> clipping_options("ddim"), clipping_options("heun"), clipping_options("euler")
+        (('clip_sample', 'thresholding'), ('clip_sample',), ())
+    """
+    taken = _constructor_defaults(sampler_spec(name).scheduler_class)
+    return tuple(switch for switch in ("clip_sample", "thresholding") if switch in taken)
+
+
+def _check_x0_clipping(name: str, overrides: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` for a clipping/thresholding option (:data:`X0_CLIPPING_OPTIONS`) in
+    ``overrides`` that sampler ``name`` does not take, that its switch leaves without effect, or
+    that the rest of ``kwargs`` (the scheduler's arguments) would silently ignore."""
+    scheduler_class = sampler_spec(name).scheduler_class
+    defaults = _constructor_defaults(scheduler_class)
+
+    def on(switch: str) -> bool:
+        return bool(kwargs.get(switch, defaults.get(switch)))
+
+    for key in (k for k in overrides if k in X0_CLIPPING_OPTIONS):
+        switch = X0_CLIPPING_OPTIONS[key] or key
+        if key not in defaults:
+            offered = [n for n in list_samplers() if switch in clipping_options(n)]
+            raise ValueError(f"sampler {name!r} does not offer {key} (its scheduler "
+                             f"{scheduler_class.__name__} does not take it); {switch} is offered "
+                             f"by {offered}")
+        if key != switch and not on(switch):
+            raise ValueError(f"{key}={overrides[key]!r} has no effect unless {switch}=True "
+                             f"(sampler {name!r})")
+    if on("thresholding") and any(overrides.get(k) for k in ("clip_sample", "clip_sample_range")):
+        raise ValueError(f"sampler {name!r}: thresholding replaces clipping (with the default "
+                         f"sample_max_value=1.0 it clips to [-1, 1]); pass one of clip_sample and "
+                         f"thresholding")
+    if on("thresholding") and kwargs.get("predict_x0", True) is False:
+        raise ValueError(f"sampler {name!r} thresholds x0 only with predict_x0=True (its noise "
+                         f"prediction update has no x0 to threshold); got predict_x0=False")
 
 
 def check_prediction_type(name: str, prediction_type: str) -> None:

@@ -9,6 +9,11 @@ unless its algebra disagrees with itself (input scaling vs. update, a stride tha
 schedule) or its last step stops short of sigma = 0. Stochastic samplers land there too: their x0
 estimate is exact at every step and the last step adds no noise.
 
+With x0 clipping or thresholding on (every sampler that offers it, ``clipping_options``), the
+oracle still lands on data inside the clip range; for data outside it, the sampler must walk the
+path of an oracle for the *clipped* data - each step uses the clipped x0 and the epsilon
+recomputed from it, never the network's epsilon beside a clipped x0.
+
 Also here: the timestep layout of every sampler, ``nfe_for_steps`` / ``steps_for_nfe``, and the
 NFE that ``DiffusionImagePipeline`` reports.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -28,12 +34,14 @@ from conftest import forward_spy, generators
 from samplers import (
     PREDICTION_TYPES,
     build_sampler,
+    clipping_options,
     list_samplers,
     nfe_for_steps,
     sampler_spec,
     steps_for_nfe,
     training_schedule,
 )
+from samplers.diffusion import X0_CLIPPING_OPTIONS
 
 T = 1000
 TRAIN = DDPMScheduler(num_train_timesteps=T)  # linear betas 1e-4 .. 0.02
@@ -82,20 +90,29 @@ def alpha_bar_seen(scheduler, timestep, sample: torch.Tensor,
     return 1 / (1 + sigma ** 2)
 
 
-def oracle(scheduler, timestep, sample: torch.Tensor, model_input: torch.Tensor):
+def oracle(scheduler, timestep, sample: torch.Tensor, model_input: torch.Tensor,
+           x0: torch.Tensor = X0):
     """``(target, eps, abar)``: the exact network output for the scheduler's ``prediction_type``
-    at ``x_t = model_input``, the noise it implies, ``eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)``
-    (Ho et al. 2020, eq. 4), and ``abar``; ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans &
-    Ho 2022). Also checks that a scaled network input is ``sqrt(abar) * sample`` to float32
-    precision, i.e. that the sigma found is the one the scheduler scaled by.
+    at ``x_t = model_input`` for the data point ``x0``, the noise it implies,
+    ``eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)`` (Ho et al. 2020, eq. 4), and ``abar``;
+    ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans & Ho 2022). Also checks that a scaled
+    network input is ``sqrt(abar) * sample`` to float32 precision, i.e. that the sigma found is
+    the one the scheduler scaled by.
     """
     abar = alpha_bar_seen(scheduler, timestep, sample, model_input)
     if not torch.equal(model_input, sample):
         torch.testing.assert_close(model_input, abar.sqrt() * sample, rtol=1e-6, atol=0)
-    eps = (model_input - abar.sqrt() * X0) / (1 - abar).sqrt()
-    target = {"epsilon": eps, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * X0,
-              "sample": X0}[scheduler.config.prediction_type]
-    return target, eps, abar
+    return (*oracle_output(model_input, abar, x0, scheduler.config.prediction_type), abar)
+
+
+def oracle_output(x_t: torch.Tensor, abar, x0: torch.Tensor,
+                  prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(target, eps)``: the network output of the oracle for data ``x0`` at ``x_t`` (noise level
+    ``abar``) and the noise it implies."""
+    eps = (x_t - abar ** 0.5 * x0) / (1 - abar) ** 0.5
+    target = {"epsilon": eps, "v_prediction": abar ** 0.5 * eps - (1 - abar) ** 0.5 * x0,
+              "sample": x0}[prediction_type]
+    return target, eps
 
 
 def step_kwargs(scheduler, seed: int = 2) -> dict:
@@ -105,40 +122,72 @@ def step_kwargs(scheduler, seed: int = 2) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _prototype(name: str, prediction_type: str):
-    return build_sampler(name, TRAIN, prediction_type=prediction_type)
+def _prototype(name: str, prediction_type: str, options: tuple = ()):
+    return build_sampler(name, TRAIN, prediction_type=prediction_type, **dict(options))
 
 
-def fresh_sampler(name: str, prediction_type: str = "epsilon"):
-    """``build_sampler(name, TRAIN, prediction_type=...)``, copied from a cached prototype: the
-    k-diffusion ports run ``set_timesteps(1000)`` in ``__init__`` (0.1 s for kdpm2)."""
-    return copy.deepcopy(_prototype(name, prediction_type))
+def fresh_sampler(name: str, prediction_type: str = "epsilon", **options):
+    """``build_sampler(name, TRAIN, prediction_type=..., **options)``, copied from a cached
+    prototype: the k-diffusion ports run ``set_timesteps(1000)`` in ``__init__`` (0.1 s for
+    kdpm2)."""
+    return copy.deepcopy(_prototype(name, prediction_type, tuple(sorted(options.items()))))
 
 
-def sample_with_oracle(name: str, num_inference_steps: int, prediction_type: str):
-    """Run sampler ``name`` from ``x_T = init_noise_sigma * NOISE`` with the oracle as network.
+def sample_with_oracle(name: str, num_inference_steps: int, prediction_type: str,
+                       x0: torch.Tensor = X0, steps: Optional[list] = None,
+                       float64_sigmas: bool = False, **options):
+    """Run sampler ``name`` (built with ``options``) from ``x_T = init_noise_sigma * NOISE`` with
+    the oracle for data ``x0`` as network; append every ``prev_sample`` to ``steps`` if given;
+    with ``float64_sigmas``, the sigma-based samplers step with float64 sigmas too.
 
     Returns ``(x, eps_T, path_error)``: the final sample, the oracle's noise at the first call,
     and how far the network inputs strayed from the exact path
     ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps_T`` (max abs; stochastic samplers re-noise, so for
     them it is the distance from the first call's path).
     """
-    scheduler = fresh_sampler(name, prediction_type)
+    scheduler = fresh_sampler(name, prediction_type, **options)
     # The schedulers keep alphas_cumprod in float32. DDPM, DDIM and PNDM do their step algebra in
     # it, and at t = 999 (abar = 4e-5) PNDM's first step multiplies that rounding by
     # sqrt(abar_t' / abar_999) ~ 45 (3e-4 at n = 2). float64 separates the algorithm from float32;
     # the sigma-based samplers keep float32 sigmas regardless (their error stays < 3e-5).
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
     scheduler.set_timesteps(num_inference_steps)
+    if float64_sigmas and hasattr(scheduler, "sigmas"):
+        scheduler.sigmas = scheduler.sigmas.double()
     x = NOISE * scheduler.init_noise_sigma
     kwargs, path_error, eps_first = step_kwargs(scheduler), 0.0, None
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(x, t)
-        target, eps, abar = oracle(scheduler, t, x, model_input)
+        target, eps, abar = oracle(scheduler, t, x, model_input, x0)
         eps_first = eps if eps_first is None else eps_first
         path_error = max(path_error, float(((1 - abar).sqrt() * (eps - eps_first)).abs().max()))
         x = scheduler.step(target, t, x, **kwargs).prev_sample
+        if steps is not None:
+            steps.append(x)
     return x, eps_first, path_error
+
+
+def check_lands_on_x0(name: str, prediction_type: str, step_counts, **options) -> None:
+    """The oracle assertions of the test below, for sampler ``name`` built with ``options``."""
+    spec = sampler_spec(name)
+    abar_end = (torch.tensor(1.0, dtype=torch.float64) if spec.final_sigmas_type == "zero"
+                else TRAIN.alphas_cumprod[0].double())
+    errors, gaps, paths = {}, {}, {}
+    for n in step_counts:
+        x, eps_T, paths[n] = sample_with_oracle(name, n, prediction_type, **options)
+        expected = abar_end.sqrt() * X0 + (1 - abar_end).sqrt() * eps_T
+        errors[n] = float((x - expected).abs().max())
+        gaps[n] = float((x - X0).abs().max())
+    label = f"{name} ({prediction_type}{''.join(f', {k}={v}' for k, v in options.items())})"
+    bad = {n: f"{e:.1e}" for n, e in errors.items() if not e < ATOL}
+    assert not bad, f"{label} misses the target at steps {bad}"
+    if spec.final_sigmas_type == "sigma_min":  # the stated shortfall is real, not rounding
+        assert min(gaps.values()) > 1e-3
+    if spec.stochastic:
+        assert max(paths.values()) > PATH_ATOL
+    else:
+        strays = {n: f"{e:.1e}" for n, e in paths.items() if not e < PATH_ATOL}
+        assert not strays, f"{label} leaves the ODE path at steps {strays}"
 
 
 @pytest.mark.parametrize("name,prediction_type", SUPPORTED)
@@ -152,24 +201,7 @@ def test_perfect_denoiser_lands_on_x0_for_every_step_count(name, prediction_type
     final first-order step to sigma = 0 returns the x0 prediction of the last call, exact however
     the sample got there (diffusers' DDIM still ends on x0 at 3 steps). Stochastic samplers leave
     the path by design (they re-noise)."""
-    spec = sampler_spec(name)
-    abar_end = (torch.tensor(1.0, dtype=torch.float64) if spec.final_sigmas_type == "zero"
-                else TRAIN.alphas_cumprod[0].double())
-    errors, gaps, paths = {}, {}, {}
-    for n in ORACLE_STEPS:
-        x, eps_T, paths[n] = sample_with_oracle(name, n, prediction_type)
-        expected = abar_end.sqrt() * X0 + (1 - abar_end).sqrt() * eps_T
-        errors[n] = float((x - expected).abs().max())
-        gaps[n] = float((x - X0).abs().max())
-    bad = {n: f"{e:.1e}" for n, e in errors.items() if not e < ATOL}
-    assert not bad, f"{name} ({prediction_type}) misses the target at steps {bad}"
-    if spec.final_sigmas_type == "sigma_min":  # the stated shortfall is real, not rounding
-        assert min(gaps.values()) > 1e-3
-    if spec.stochastic:
-        assert max(paths.values()) > PATH_ATOL
-    else:
-        strays = {n: f"{e:.1e}" for n, e in paths.items() if not e < PATH_ATOL}
-        assert not strays, f"{name} ({prediction_type}) leaves the ODE path at steps {strays}"
+    check_lands_on_x0(name, prediction_type, ORACLE_STEPS)
 
 
 def test_oracle_covers_every_sampler_and_the_stated_exceptions():
@@ -217,6 +249,193 @@ def test_scheduled_subclasses_equal_diffusers_where_its_stride_is_right(name, pa
         samples.append(x)
     assert type(ours) is not type(theirs)
     assert torch.equal(*samples)
+
+
+# --- x0 clipping and thresholding ---------------------------------------------------------------
+
+#: The options that switch each mode on; "off" switches every offered one off. Thresholding with
+#: sample_max_value 1.5 rescales x0 by its 0.995 quantile s in [1, 1.5] (clipping to [-1, 1] where
+#: s = 1), so on data beyond [-1, 1] it differs from clip_sample.
+CLIP_MODES = {"clip_sample": {"clip_sample": True},
+              "thresholding": {"thresholding": True, "sample_max_value": 1.5}}
+OFFERED = [(name, mode) for name in list_samplers() for mode in clipping_options(name)]
+X0_OUTSIDE = 1.5 * X0   # in [-1.5, 1.5]: 34 of 128 values beyond [-1, 1]
+CONSISTENT_ATOL = 1e-5  # every step of the clipping sampler vs the oracle for the clipped data
+#: (sampler, mode, prediction type) for every sampler that offers clipping: its modes and "off".
+CLIPPING_RUNS = [(name, mode, p) for name in list_samplers() if clipping_options(name)
+                 for mode in ("off", *clipping_options(name))
+                 for p in sampler_spec(name).prediction_types]
+
+
+def clip_options(name: str, mode: str) -> dict:
+    """Build options for ``mode`` ("off" or a key of CLIP_MODES): every switch the sampler offers
+    explicitly off, but the mode's."""
+    return {**{switch: False for switch in clipping_options(name)}, **CLIP_MODES.get(mode, {})}
+
+
+def clipped(x0: torch.Tensor, mode: str) -> torch.Tensor:
+    """x0 as the scheduler clips it (by hand): ``clamp(x0, -1, 1)``, or dynamic thresholding
+    ``clamp(x0, -s, s) / s`` with ``s`` the 0.995 quantile of ``|x0|`` per image clamped to
+    ``[1, 1.5]`` (Saharia et al. 2022, Sec. 2.3)."""
+    if mode == "clip_sample":
+        return x0.clamp(-1, 1)
+    s = torch.quantile(x0.abs().flatten(1), 0.995, dim=1).clamp(1, 1.5)[:, None, None, None]
+    return x0.clamp(-s, s) / s
+
+
+def test_clipping_is_offered_where_diffusers_has_it():
+    """The table of docs/samplers.md: which sampler offers what (from its scheduler class), and
+    every other sampler offers neither. The data above does reach beyond the clip range."""
+    offered = {name: clipping_options(name) for name in list_samplers() if clipping_options(name)}
+    assert offered == {"ddim": ("clip_sample", "thresholding"),
+                       "ddpm": ("clip_sample", "thresholding"), "heun": ("clip_sample",),
+                       **{name: ("thresholding",) for name in
+                          ["deis", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-sde", "unipc"]}}
+    assert int((X0_OUTSIDE.abs() > 1).sum()) == 34 and float(X0.abs().max()) < 1
+    gap = clipped(X0_OUTSIDE, "thresholding") - clipped(X0_OUTSIDE, "clip_sample")
+    assert float(gap.abs().max()) > 0.3  # the two modes are different tests
+    torch.testing.assert_close(clipped(X0_OUTSIDE, "thresholding"),
+                               build_sampler("ddim", TRAIN, **clip_options("ddim", "thresholding"))
+                               ._threshold_sample(X0_OUTSIDE), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name,mode,prediction_type", CLIPPING_RUNS)
+def test_clipping_keeps_the_oracle_on_x0_inside_the_clip_range(name, mode, prediction_type):
+    """Data in [-1, 1]: clipping and thresholding must not change the answer, so every sampler
+    that offers them still ends on x0 (1e-4) and stays on the ODE path, at 1..50 steps."""
+    check_lands_on_x0(name, prediction_type, (1, 2, 3, 7, 20, 50), **clip_options(name, mode))
+
+
+def deviation(steps: list, reference: list) -> float:
+    """Max abs difference between two runs' samples after every step."""
+    assert len(steps) == len(reference)
+    return max(float((a - b).abs().max()) for a, b in zip(steps, reference))
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 25])
+@pytest.mark.parametrize("name,mode", OFFERED)
+def test_clipping_steps_as_if_the_network_had_predicted_the_clipped_x0(name, mode, n):
+    """Data partly outside [-1, 1]. A consistent step uses the clipped x0 and the epsilon
+    recomputed from it, ``(x_t - sqrt(abar) clip(x0)) / sqrt(1 - abar)``: the sampler with
+    clipping on, fed the oracle for x0, must then take exactly the steps that the sampler with
+    clipping off takes when fed the oracle for clip(x0) (same noise for the stochastic ones).
+    All in float64 (sigmas too: float32 sigmas alone leave up to 1.3e-4, heun at 2 steps; float64
+    leaves < 1e-11). That it is not vacuous: without clipping the run strays far from those steps.
+    """
+    ours, reference, unclipped = [], [], []
+    run = functools.partial(sample_with_oracle, name, n, "epsilon", float64_sigmas=True)
+    run(x0=X0_OUTSIDE, steps=ours, **clip_options(name, mode))
+    run(x0=clipped(X0_OUTSIDE, mode), steps=reference, **clip_options(name, "off"))
+    run(x0=X0_OUTSIDE, steps=unclipped, **clip_options(name, "off"))
+    assert deviation(ours, reference) < CONSISTENT_ATOL
+    assert deviation(unclipped, reference) > 0.1
+
+
+def ddim_eq12(x_t, x0, eps, abar, abar_prev, eta, z):
+    """DDIM eq. 12 with eq. 16's ``sigma_t(eta)``, by hand (Song et al. 2021)."""
+    sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
+    return abar_prev ** 0.5 * x0 + (1 - abar_prev - sigma ** 2) ** 0.5 * eps + sigma * z
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("mode", ["clip_sample", "thresholding"])
+def test_ddim_clipped_step_is_eq12_with_the_epsilon_of_the_clipped_x0(mode, prediction_type, eta):
+    """Every step of 1, 7 and 20-step schedules from ``x_t`` on the exact path of data partly
+    outside [-1, 1]: ``step`` equals eq. 12 by hand with x0 = clip(x0) and its epsilon (1e-5).
+    The old update - diffusers' ``DDIMScheduler`` (same stride at 20 steps) with its default
+    ``use_clipped_model_output=False``, i.e. clipped x0 beside the network's epsilon - is 0.39 off;
+    with ``use_clipped_model_output=True`` diffusers is bit-identical to the registry's DDIM."""
+    z = torch.randn(X0.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x0_clipped = clipped(X0_OUTSIDE, mode)
+    ours_error, old_error, parent_error = 0.0, 0.0, 0.0
+    for n in (1, 7, 20):
+        ours = fresh_sampler("ddim", prediction_type, **clip_options("ddim", mode))
+        parent = DDIMScheduler.from_config(ours.config)
+        for scheduler in (ours, parent):
+            scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+            scheduler.set_timesteps(n)
+        schedule = [int(t) for t in ours.timesteps]
+        for t, t_prev in zip(schedule, schedule[1:] + [-1]):
+            abar = ours.alphas_cumprod[t]
+            abar_prev = ours.alphas_cumprod[t_prev] if t_prev >= 0 else ours.final_alpha_cumprod
+            x_t = abar.sqrt() * X0_OUTSIDE + (1 - abar).sqrt() * NOISE
+            target, _ = oracle_output(x_t, abar, X0_OUTSIDE, prediction_type)
+            _, eps_clipped = oracle_output(x_t, abar, x0_clipped, prediction_type)
+            expected = ddim_eq12(x_t, x0_clipped, eps_clipped, abar, abar_prev, eta, z)
+            old = ddim_eq12(x_t, x0_clipped, NOISE, abar, abar_prev, eta, z)
+            step = ours.step(target, t, x_t, eta=eta, variance_noise=z)
+            ours_error = max(ours_error, float((step.prev_sample - expected).abs().max()))
+            torch.testing.assert_close(step.pred_original_sample, x0_clipped, atol=1e-9, rtol=0)
+            old_error = max(old_error, float((old - expected).abs().max()))
+            if n == 20:  # T % n == 0: diffusers' stride t - T // n is the schedule's
+                kwargs = {"eta": eta, "variance_noise": z}
+                assert torch.equal(parent.step(target, t, x_t, use_clipped_model_output=True,
+                                               **kwargs).prev_sample, step.prev_sample)
+                parent_old = parent.step(target, t, x_t, **kwargs).prev_sample
+                parent_error = max(parent_error, float((parent_old - old).abs().max()))
+    assert ours_error < CONSISTENT_ATOL
+    assert old_error > 0.2 and parent_error < 1e-9  # the old way is diffusers' default, and fails
+
+
+@pytest.mark.parametrize("mode", ["clip_sample", "thresholding"])
+def test_ddim_refuses_the_unclipped_epsilon_beside_a_clipped_x0(mode):
+    """``use_clipped_model_output=False`` asks for the inconsistent step: refused, not ignored.
+    Without clipping it means what it does in diffusers (nothing to recompute)."""
+    sampler = fresh_sampler("ddim", **clip_options("ddim", mode))
+    sampler.set_timesteps(4)
+    t = sampler.timesteps[0]
+    with pytest.raises(ValueError, match="use_clipped_model_output=False.*clipped x0"):
+        sampler.step(NOISE, t, NOISE, use_clipped_model_output=False)
+    plain = fresh_sampler("ddim")
+    plain.set_timesteps(4)
+    assert torch.equal(plain.step(NOISE, t, NOISE, use_clipped_model_output=False).prev_sample,
+                       plain.step(NOISE, t, NOISE).prev_sample)
+
+
+NOT_OFFERED = [(name, option, switch or option) for name in list_samplers()
+               for option, switch in X0_CLIPPING_OPTIONS.items()
+               if (switch or option) not in clipping_options(name)]
+
+
+@pytest.mark.parametrize("name,option,switch", NOT_OFFERED)
+def test_clip_options_a_sampler_lacks_are_refused_by_name(name, option, switch):
+    """A sampler whose scheduler has no such option raises ValueError naming it and the samplers
+    that offer it (diffusers' own constructor would raise a bare TypeError)."""
+    offered = [n for n in list_samplers() if switch in clipping_options(n)]
+    message = f"sampler '{name}' does not offer {option} (.*); {switch} is offered by {offered}"
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build_sampler(name, TRAIN, **{option: True})
+
+
+@pytest.mark.parametrize("name,options,message", [
+    ("ddim", {"clip_sample_range": 2.0}, r"clip_sample_range=2.0 has no effect unless clip_sample"),
+    ("heun", {"clip_sample_range": 2.0}, r"no effect unless clip_sample=True"),
+    ("dpmpp-2m", {"sample_max_value": 2.0}, r"no effect unless thresholding=True"),
+    ("ddpm", {"dynamic_thresholding_ratio": 0.9}, r"no effect unless thresholding=True"),
+    ("ddim", {"thresholding": True, "clip_sample": True}, r"thresholding replaces clipping"),
+    ("ddpm", {"thresholding": True, "clip_sample_range": 2.0}, r"thresholding replaces clipping"),
+    ("unipc", {"thresholding": True, "predict_x0": False}, r"only with predict_x0=True"),
+])
+def test_clip_options_without_effect_are_refused(name, options, message):
+    """Options diffusers would accept and then ignore: a range or ratio without its switch,
+    clipping under thresholding (diffusers thresholds and skips the clip), UniPC's thresholding
+    of a noise-prediction update (diffusers skips it)."""
+    with pytest.raises(ValueError, match=message):
+        build_sampler(name, TRAIN, **options)
+
+
+def test_clip_options_that_act_are_accepted_and_defaults_unchanged():
+    """What the user asks for reaches the config; without asking, nothing clips but DDPM
+    (its registry default, consistent: the posterior mean of Ho et al. 2020, eq. 7)."""
+    assert build_sampler("ddpm", TRAIN, clip_sample_range=2.0).config.clip_sample_range == 2.0
+    assert build_sampler("heun", TRAIN, clip_sample=True).config.clip_sample is True
+    unipc = build_sampler("unipc", TRAIN, thresholding=True, sample_max_value=2.0)
+    assert unipc.config.thresholding and unipc.config.sample_max_value == 2.0
+    for name in list_samplers():
+        config = build_sampler(name, TRAIN).config
+        assert not config.get("thresholding", False)
+        assert config.get("clip_sample", False) == (name == "ddpm")
 
 
 # --- timestep layouts --------------------------------------------------------------------------
