@@ -29,6 +29,10 @@ off unless asked for, but for ddpm's ``clip_sample``. Whichever is on, each upda
 clipped x0 *and* the epsilon recomputed from it, ``eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)``
 (diffusers' ``use_clipped_model_output``), so a step never mixes two different x0. The other
 samplers refuse the options by name (``ValueError``).
+
+A zero-terminal-SNR training schedule (``rescale_betas_zero_snr``, Lin et al. 2024) reaches the
+samplers that can start at SNR 0 (:func:`zero_terminal_snr_samplers`); the others refuse it by
+name, and so does every sampler for an epsilon model (``ValueError``).
 """
 
 from __future__ import annotations
@@ -59,8 +63,15 @@ from diffusers.utils.torch_utils import randn_tensor
 from samplers.checks import check_int
 
 #: Keys of a scheduler config that describe the *training* noise schedule.
+#: ``rescale_betas_zero_snr`` is carried only when on (:func:`training_schedule`), so schedules
+#: without it give the same sampler configs (and sample-cache keys) as before it existed.
 TRAINING_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                          "trained_betas", "prediction_type")
+                          "trained_betas", "prediction_type", "rescale_betas_zero_snr")
+
+#: Network outputs that can be converted to x0 at SNR = 0 (zero terminal SNR, Lin et al. 2024,
+#: Sec. 3.2): there ``x_T = eps``, so an epsilon network carries no information about x0
+#: (``x0 = (x_T - eps) / sqrt(abar_T)`` is 0/0); v (``v_T = -x0``) and x0 itself can.
+ZERO_SNR_PREDICTION_TYPES = ("v_prediction", "sample")
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 
@@ -356,12 +367,20 @@ def training_schedule(config_or_scheduler: Union[SchedulerMixin, Mapping[str, An
 
     The betas come from the scheduler object when one is given, or are recomputed by building a
     ``DDPMScheduler`` from the config (which knows every diffusers beta schedule).
+
+    ``rescale_betas_zero_snr`` (zero terminal SNR, Lin et al. 2024, Alg. 1) is kept only when on:
+    the betas are then already the rescaled ones (``betas[-1] = 1``, ``alphas_cumprod[-1] = 0``;
+    rescaling them again is the identity up to float32 rounding) and the flag tells the sampler to
+    treat ``t = T - 1`` as SNR 0 (:func:`zero_terminal_snr_samplers`). When off it is dropped, so a
+    schedule without it builds the same sampler config as before the option existed.
     """
     if isinstance(config_or_scheduler, SchedulerMixin):
         config, betas = config_or_scheduler.config, getattr(config_or_scheduler, "betas", None)
     else:
         config, betas = config_or_scheduler, None
     schedule = {k: config[k] for k in TRAINING_SCHEDULE_KEYS if k in config}
+    if not schedule.get("rescale_betas_zero_snr", False):
+        schedule.pop("rescale_betas_zero_snr", None)
     if betas is None:
         ddpm_keys = {k: v for k, v in schedule.items()}
         betas = DDPMScheduler(**ddpm_keys).betas
@@ -383,8 +402,10 @@ def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
 
     Raises:
         ValueError: unknown sampler name, a ``prediction_type`` the sampler does not accept
-            (see :func:`check_prediction_type`), or an x0 clipping/thresholding option the
-            sampler does not offer or that would have no effect (see :func:`clipping_options`).
+            (see :func:`check_prediction_type`), an x0 clipping/thresholding option the
+            sampler does not offer or that would have no effect (see :func:`clipping_options`),
+            or a zero-terminal-SNR schedule (``rescale_betas_zero_snr``) that the sampler cannot
+            run (see :func:`zero_terminal_snr_samplers`) or with ``prediction_type="epsilon"``.
 
     Example::
 
@@ -402,7 +423,71 @@ def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
     kwargs.update(overrides)
     check_prediction_type(name, kwargs.get("prediction_type", "epsilon"))  # diffusers' default
     _check_x0_clipping(name, overrides, kwargs)
+    _check_zero_terminal_snr(name, kwargs)
     return spec.scheduler_class(**kwargs)
+
+
+def zero_terminal_snr_samplers() -> list[str]:
+    """The samplers that run a zero-terminal-SNR schedule (``rescale_betas_zero_snr``, Lin et al.
+    2024): those whose scheduler class takes the option, sorted.
+
+    DDIM and DDPM step on ``alphas_cumprod`` directly and are exact at ``abar_T = 0``; the
+    DPM-Solver family, UniPC, Euler and Euler-a replace ``abar_T = 0`` by ``2**-24`` (diffusers:
+    "so first sigma is not inf"), i.e. they start at sigma ~ 4096, not at infinity. The others'
+    diffusers classes have no zero-SNR form: on the rescaled betas heun, kdpm2, kdpm2-a and lms
+    start from ``init_noise_sigma = sigma_T = inf``, DEIS steps in log-SNR (``lambda_T = -inf``) and
+    PNDM's transfer divides by ``sqrt(abar_T) = 0``; each returns NaN. dpmpp-2m-karras is refused
+    too, as is any sampler built with Karras, exponential or beta sigmas
+    (:data:`RESPACED_SIGMAS_OPTIONS`): their ramp starts at the stand-in sigma 4096, which (the
+    stand-in breaks the monotone sigma table: sigma_{T-2} ~ 15406) is looked up as t = 995, so the
+    first network call is not at t = T - 1, where zero-SNR sampling must start (Lin et al. 2024,
+    Sec. 3.3).
+
+    Example::
+
+        >>> "euler" in zero_terminal_snr_samplers(), "heun" in zero_terminal_snr_samplers()
+        (True, False)
+    """
+    return [n for n in list_samplers() if _zero_snr_refusal(n, sampler_spec(n).options) is None]
+
+
+#: Options that re-space the sampling sigmas from ``sigma_max`` (Karras et al. 2022, eq. 5 and
+#: its exponential / beta variants) instead of taking them from the trailing timesteps.
+RESPACED_SIGMAS_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def _zero_snr_refusal(name: str, kwargs: Mapping[str, Any]) -> Optional[str]:
+    """Why sampler ``name`` built with ``kwargs`` cannot run a zero-terminal-SNR schedule, or
+    ``None`` if it can."""
+    scheduler_class = sampler_spec(name).scheduler_class
+    if "rescale_betas_zero_snr" not in _constructor_defaults(scheduler_class):
+        return (f"its scheduler {scheduler_class.__name__} has no zero-SNR form (at SNR 0 its "
+                f"first sigma is infinite, or its update divides by sqrt(alphas_cumprod[-1]) = 0, and "
+                f"the samples are NaN)")
+    respaced = [k for k in RESPACED_SIGMAS_OPTIONS if kwargs.get(k)]
+    if respaced:
+        return (f"{respaced[0]} re-spaces the sigmas from diffusers' stand-in sigma_max = 4096, "
+                f"which maps to t = 995, so the first network call is not at t = T - 1 "
+                f"(Lin et al. 2024, Sec. 3.3)")
+    return None
+
+
+def _check_zero_terminal_snr(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` if ``kwargs`` (the scheduler's arguments) ask for zero terminal SNR and
+    sampler ``name`` cannot run it, or the network predicts epsilon (undefined x0 at SNR 0)."""
+    if not kwargs.get("rescale_betas_zero_snr", False):
+        return
+    refusal = _zero_snr_refusal(name, kwargs)
+    if refusal is not None:
+        raise ValueError(f"sampler {name!r} cannot sample a zero-terminal-SNR schedule "
+                         f"(rescale_betas_zero_snr=True): {refusal}; use one of "
+                         f"{zero_terminal_snr_samplers()}")
+    prediction_type = kwargs.get("prediction_type", "epsilon")
+    if prediction_type not in ZERO_SNR_PREDICTION_TYPES:
+        raise ValueError(f"rescale_betas_zero_snr=True needs prediction_type in "
+                         f"{ZERO_SNR_PREDICTION_TYPES}, got {prediction_type!r}: at SNR 0 an "
+                         f"epsilon network sees x_T = eps and cannot give x0 (Lin et al. 2024, "
+                         f"Sec. 3.2)")
 
 
 def _constructor_defaults(scheduler_class: type) -> dict[str, Any]:

@@ -140,6 +140,28 @@ def test_training_schedule_keeps_only_schedule_keys_and_makes_betas_explicit():
                                torch.tensor(schedule["trained_betas"]), atol=1e-7, rtol=0)
 
 
+def test_zero_terminal_snr_is_carried_only_when_on():
+    """Off (or absent) it is not in the schedule, so every sampler's config is the one built before
+    the option existed (sample-cache keys); on, it reaches every sampler that accepts it, with the
+    rescaled betas (alphas_cumprod[-1] = 0), also through a chain of rebuilds and a saved config."""
+    for off in (DDPMScheduler(), DDPMScheduler(rescale_betas_zero_snr=False)):
+        assert "rescale_betas_zero_snr" not in training_schedule(off)
+        assert "rescale_betas_zero_snr" not in training_schedule(dict(off.config))
+    assert dict(build_sampler("pndm", DDPMScheduler(rescale_betas_zero_snr=False)).config) == \
+        dict(build_sampler("pndm", DDPMScheduler()).config)
+    train = DDPMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    assert float(train.alphas_cumprod[-1]) == 0.0 and float(train.betas[-1]) == 1.0
+    for source in (train, dict(train.config)):
+        schedule = training_schedule(source)
+        assert schedule["rescale_betas_zero_snr"] is True and schedule["trained_betas"][-1] == 1.0
+    for name in sd.zero_terminal_snr_samplers():
+        chained = build_sampler(name, build_sampler("ddim", build_sampler("euler", train)).config)
+        assert chained.config.rescale_betas_zero_snr is True, name
+        torch.testing.assert_close(chained.betas.double(), train.betas.double(), atol=1e-6, rtol=0)
+        # DDIM and DDPM keep abar_T = 0; the sigma-based samplers use diffusers' 2**-24 (sigma 4096)
+        assert float(chained.alphas_cumprod[-1]) in (0.0, 2 ** -24), name
+
+
 def test_custom_trained_betas_reach_every_sampler():
     betas = torch.linspace(1e-4, 0.05, 40) ** 1.5
     train = DDPMScheduler(num_train_timesteps=40, trained_betas=betas.tolist())

@@ -41,7 +41,8 @@ from samplers import (
     steps_for_nfe,
     training_schedule,
 )
-from samplers.diffusion import X0_CLIPPING_OPTIONS
+from samplers.diffusion import (X0_CLIPPING_OPTIONS, ZERO_SNR_PREDICTION_TYPES,
+                                zero_terminal_snr_samplers)
 
 T = 1000
 TRAIN = DDPMScheduler(num_train_timesteps=T)  # linear betas 1e-4 .. 0.02
@@ -122,30 +123,31 @@ def step_kwargs(scheduler, seed: int = 2) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _prototype(name: str, prediction_type: str, options: tuple = ()):
-    return build_sampler(name, TRAIN, prediction_type=prediction_type, **dict(options))
+def _prototype(name: str, prediction_type: str, options: tuple = (), train=TRAIN):
+    return build_sampler(name, train, prediction_type=prediction_type, **dict(options))
 
 
-def fresh_sampler(name: str, prediction_type: str = "epsilon", **options):
-    """``build_sampler(name, TRAIN, prediction_type=..., **options)``, copied from a cached
+def fresh_sampler(name: str, prediction_type: str = "epsilon", train=TRAIN, **options):
+    """``build_sampler(name, train, prediction_type=..., **options)``, copied from a cached
     prototype: the k-diffusion ports run ``set_timesteps(1000)`` in ``__init__`` (0.1 s for
     kdpm2)."""
-    return copy.deepcopy(_prototype(name, prediction_type, tuple(sorted(options.items()))))
+    return copy.deepcopy(_prototype(name, prediction_type, tuple(sorted(options.items())), train))
 
 
 def sample_with_oracle(name: str, num_inference_steps: int, prediction_type: str,
                        x0: torch.Tensor = X0, steps: Optional[list] = None,
-                       float64_sigmas: bool = False, **options):
+                       float64_sigmas: bool = False, train=TRAIN, **options):
     """Run sampler ``name`` (built with ``options``) from ``x_T = init_noise_sigma * NOISE`` with
     the oracle for data ``x0`` as network; append every ``prev_sample`` to ``steps`` if given;
-    with ``float64_sigmas``, the sigma-based samplers step with float64 sigmas too.
+    with ``float64_sigmas``, the sigma-based samplers step with float64 sigmas too; ``train``:
+    the training scheduler.
 
     Returns ``(x, eps_T, path_error)``: the final sample, the oracle's noise at the first call,
     and how far the network inputs strayed from the exact path
     ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps_T`` (max abs; stochastic samplers re-noise, so for
     them it is the distance from the first call's path).
     """
-    scheduler = fresh_sampler(name, prediction_type, **options)
+    scheduler = fresh_sampler(name, prediction_type, train, **options)
     # The schedulers keep alphas_cumprod in float32. DDPM, DDIM and PNDM do their step algebra in
     # it, and at t = 999 (abar = 4e-5) PNDM's first step multiplies that rounding by
     # sqrt(abar_t' / abar_999) ~ 45 (3e-4 at n = 2). float64 separates the algorithm from float32;
@@ -167,14 +169,15 @@ def sample_with_oracle(name: str, num_inference_steps: int, prediction_type: str
     return x, eps_first, path_error
 
 
-def check_lands_on_x0(name: str, prediction_type: str, step_counts, **options) -> None:
+def check_lands_on_x0(name: str, prediction_type: str, step_counts, train=TRAIN,
+                      **options) -> None:
     """The oracle assertions of the test below, for sampler ``name`` built with ``options``."""
     spec = sampler_spec(name)
     abar_end = (torch.tensor(1.0, dtype=torch.float64) if spec.final_sigmas_type == "zero"
                 else TRAIN.alphas_cumprod[0].double())
     errors, gaps, paths = {}, {}, {}
     for n in step_counts:
-        x, eps_T, paths[n] = sample_with_oracle(name, n, prediction_type, **options)
+        x, eps_T, paths[n] = sample_with_oracle(name, n, prediction_type, train=train, **options)
         expected = abar_end.sqrt() * X0 + (1 - abar_end).sqrt() * eps_T
         errors[n] = float((x - expected).abs().max())
         gaps[n] = float((x - X0).abs().max())
@@ -436,6 +439,77 @@ def test_clip_options_that_act_are_accepted_and_defaults_unchanged():
         config = build_sampler(name, TRAIN).config
         assert not config.get("thresholding", False)
         assert config.get("clip_sample", False) == (name == "ddpm")
+
+
+# --- zero terminal SNR -------------------------------------------------------------------------
+
+#: Linear betas rescaled to zero terminal SNR (Lin et al. 2024, Alg. 1): alphas_cumprod[-1] = 0.
+TRAIN_ZERO_SNR = DDPMScheduler(num_train_timesteps=T, rescale_betas_zero_snr=True,
+                               prediction_type="v_prediction")
+ZERO_SNR_RUNS = [(name, p) for name in zero_terminal_snr_samplers()
+                 for p in ZERO_SNR_PREDICTION_TYPES if p in sampler_spec(name).prediction_types]
+ZERO_SNR_REFUSED = [name for name in list_samplers() if name not in zero_terminal_snr_samplers()]
+
+
+@pytest.mark.parametrize("name,prediction_type", ZERO_SNR_RUNS)
+def test_zero_snr_perfect_denoiser_lands_on_x0(name, prediction_type):
+    """With zero terminal SNR the first call is at SNR 0 (DDIM, DDPM: abar = 0 exactly; the
+    sigma-based samplers: diffusers' stand-in abar = 2**-24, sigma = 4096): every sampler that
+    accepts the schedule still ends on x0 and, if deterministic, stays on the ODE path."""
+    check_lands_on_x0(name, prediction_type, [1, 2, 3, 7, 10, 25, 50], train=TRAIN_ZERO_SNR)
+
+
+def test_zero_snr_samplers_are_the_stated_ones():
+    """docs/samplers.md: which samplers run a zero-terminal-SNR schedule, and the oracle really
+    starts each of them at SNR 0 (abar ~ 0 at the first call)."""
+    assert zero_terminal_snr_samplers() == ["ddim", "ddpm", "dpmpp-2m", "dpmpp-sde", "euler",
+                                            "euler-a", "unipc"]
+    assert float(TRAIN_ZERO_SNR.alphas_cumprod[-1]) == 0.0
+    for name in zero_terminal_snr_samplers():
+        scheduler = fresh_sampler(name, "v_prediction", TRAIN_ZERO_SNR)
+        scheduler.set_timesteps(5)
+        x = NOISE * scheduler.init_noise_sigma
+        t = scheduler.timesteps[0]
+        abar = alpha_bar_seen(scheduler, t, x, scheduler.scale_model_input(x, t))
+        assert int(t) == T - 1 and float(abar) <= 2 ** -24, name
+
+
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # lms on sigma = inf
+@pytest.mark.parametrize("name", ZERO_SNR_REFUSED)
+def test_zero_snr_is_refused_by_name_where_it_cannot_work(name):
+    """build_sampler refuses the others by name, listing those that accept it - because it would
+    not work: a class without the option returns NaN on the rescaled betas (sigma_T = inf, or
+    division by sqrt(abar_T) = 0), and Karras sigmas start at t = 995, not T - 1."""
+    with pytest.raises(ValueError, match=rf"{name}.*zero-terminal-SNR.*use one of .*'ddim'"):
+        build_sampler(name, TRAIN_ZERO_SNR)
+    spec = sampler_spec(name)
+    kwargs = {**training_schedule(TRAIN_ZERO_SNR), "timestep_spacing": "trailing", **spec.options}
+    if "rescale_betas_zero_snr" in inspect.signature(spec.scheduler_class.__init__).parameters:
+        bare = spec.scheduler_class(**kwargs)  # takes the option: Karras sigmas
+        bare.set_timesteps(10)
+        assert int(bare.timesteps[0]) < T - 1
+        return
+    kwargs.pop("rescale_betas_zero_snr")
+    bare = spec.scheduler_class(**kwargs)
+    bare.set_timesteps(10)
+    x = NOISE.float() * bare.init_noise_sigma
+    kw = step_kwargs(bare)
+    for t in bare.timesteps:
+        x = bare.step(torch.zeros_like(x), t, bare.scale_model_input(x, t), **kw).prev_sample
+    assert not torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", ["euler", "dpmpp-2m", "unipc"])
+def test_zero_snr_refuses_karras_sigmas_on_any_sampler(name):
+    with pytest.raises(ValueError, match=rf"{name}.*use_karras_sigmas.*t = 995"):
+        build_sampler(name, TRAIN_ZERO_SNR, use_karras_sigmas=True)
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "dpmpp-2m"])
+def test_zero_snr_refuses_an_epsilon_network(name):
+    """At SNR 0, x_T = eps: an epsilon network cannot give x0 (Lin et al. 2024, Sec. 3.2)."""
+    with pytest.raises(ValueError, match=r"rescale_betas_zero_snr.*prediction_type.*'epsilon'"):
+        build_sampler(name, TRAIN_ZERO_SNR, prediction_type="epsilon")
 
 
 # --- timestep layouts --------------------------------------------------------------------------

@@ -46,11 +46,16 @@ BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "sigmoid": 
 
 def training_scheduler(cfg) -> DDPMScheduler:
     """The training noise schedule of ``cfg.diffusion`` (forward process q(x_t | x_0), Ho et al.
-    2020, eq. 4)."""
+    2020, eq. 4); with ``diffusion.rescale_betas_zero_snr`` its betas are rescaled to zero
+    terminal SNR (Lin et al. 2024, Alg. 1: ``alphas_cumprod[-1] = 0``, so ``x_{T-1}`` is pure
+    noise), which every sampler built from it carries
+    (:func:`samplers.diffusion.training_schedule`)."""
     d = cfg.diffusion
+    # Passed only when on: an explicit False would change the config's _use_default_values.
+    zero_snr = {"rescale_betas_zero_snr": True} if d.rescale_betas_zero_snr else {}
     return DDPMScheduler(num_train_timesteps=d.num_train_timesteps, beta_start=d.beta_start,
                          beta_end=d.beta_end, beta_schedule=BETA_SCHEDULES[d.beta_schedule],
-                         prediction_type=d.prediction_type)
+                         prediction_type=d.prediction_type, **zero_snr)
 
 
 def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from training.config import load_config
 from training.objectives.diffusion import DiffusionObjective, min_snr_weights, training_scheduler
@@ -162,3 +163,67 @@ def test_periodic_evaluation_reports_metrics_with_n_in_their_names(tmp_path, mon
     refs = [p.name for p in (tmp_path / "cache" / "reference").iterdir()]
     assert len(refs) == 1 and "-test-nall-" in refs[0]
     assert not (tmp_path / "cache" / "samples").exists()  # training samples are not cached
+
+
+# -- zero terminal SNR (Lin et al. 2024) ---------------------------------------------------------
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_zero_terminal_snr_schedule_ends_at_snr_zero_with_finite_min_snr_weights(prediction_type):
+    """Rescaled betas (Lin et al. 2024, Alg. 1): abar_{T-1} = 0 exactly, abar_0 unchanged; the
+    min-SNR weights stay finite at every t (0 for v and x0 at SNR 0, min(SNR, gamma) = 0); the
+    exported pipeline's sampler carries the option."""
+    obj = objective("diffusion.rescale_betas_zero_snr=true", f"diffusion.prediction_type={prediction_type}",
+                    "diffusion.snr_gamma=5", "diffusion.cond_drop_prob=0")
+    abar = obj.noise_scheduler.alphas_cumprod
+    assert float(abar[-1]) == 0.0 and float(abar[-2]) > 0
+    plain = training_scheduler(load_config(None, []))
+    assert float(abar[0]) == pytest.approx(float(plain.alphas_cumprod[0]), rel=1e-5)
+    snr = abar.double() / (1 - abar.double())
+    weights = min_snr_weights(snr, 5.0, prediction_type)
+    assert torch.isfinite(weights).all() and float(weights[-1]) == 0.0
+    x0, labels = torch.rand(64, 1, 28, 28) * 2 - 1, torch.arange(64) % 10
+    loss, _ = obj.loss("model", obj.modules, (x0, labels), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    scheduler = obj.pipeline(obj.build_unet()).scheduler
+    assert scheduler.config.rescale_betas_zero_snr is True
+
+
+def test_zero_terminal_snr_off_builds_the_schedule_of_before():
+    """Off, the schedule is built with the arguments of before (its config, _use_default_values
+    included, is unchanged)."""
+    before = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                           beta_schedule="linear", prediction_type="epsilon")
+    assert training_scheduler(load_config(None, [])).config == before.config
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon"])
+def test_zero_terminal_snr_with_an_epsilon_model_is_refused_at_load(prediction_type):
+    with pytest.raises(ValueError, match=r"diffusion\.rescale_betas_zero_snr.*diffusion\.prediction_type"
+                                         r"=v_prediction.*'epsilon'"):
+        load_config(None, ["diffusion.rescale_betas_zero_snr=true",
+                           f"diffusion.prediction_type={prediction_type}"])
+
+
+@pytest.mark.slow  # trains 3 steps and samples twice: ~5 s on 2 cores
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_zero_terminal_snr_run_exports_a_pipeline_that_samples_finite_images(tmp_path):
+    """Train a few steps with v-prediction on zero terminal SNR, load the export, generate with
+    its sampler and with euler: finite images; heun is refused by name."""
+    from diffusion.pipelines.loading import load_pipeline
+    from training.loop import Trainer
+    from training_helpers import TINY as RUN_TINY
+    from training_helpers import make_fashion_root
+
+    root = make_fashion_root(tmp_path / "data", n_train=32, n_test=16)
+    cfg = load_config(None, [*RUN_TINY, f"data.root={root}", f"train.output_dir={tmp_path / 'run'}",
+                             "train.max_steps=3", "diffusion.prediction_type=v_prediction",
+                             "diffusion.rescale_betas_zero_snr=true", "diffusion.sampler=ddim"])
+    pipe = load_pipeline(Trainer(cfg).run(), quiet=True)
+    assert pipe.scheduler.config.rescale_betas_zero_snr is True
+    assert float(pipe.scheduler.alphas_cumprod[-1]) == 0.0
+    for sampler in (None, "euler"):
+        images = pipe(class_labels=[0, 1], num_inference_steps=3, guidance_scale=1.0, sampler=sampler,
+                      generator=torch.Generator().manual_seed(0), output_type="pt").images
+        assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all(), sampler
+    with pytest.raises(ValueError, match=r"'heun' cannot sample a zero-terminal-SNR"):
+        pipe(class_labels=[0], num_inference_steps=2, sampler="heun", output_type="pt")
