@@ -53,6 +53,7 @@ class DiffusionConfig:
     beta_start: float = 0.0001
     beta_end: float = 0.02
     prediction_type: str = "epsilon"   # epsilon | v_prediction | sample
+    rescale_betas_zero_snr: bool = False  # zero terminal SNR (Lin et al. 2024); v_prediction or sample
     snr_gamma: Optional[float] = None  # min-SNR-gamma loss weighting (Hang et al. 2023); None: off
     cond_drop_prob: float = 0.1        # P(label -> null class), enables guidance
     sampler: str = "dpmpp-2m"          # scheduler saved with the exported pipeline
@@ -235,6 +236,12 @@ def load_config(path: Union[str, Path, None] = None,
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ValueError(f"{section}.{key} must be one of {allowed}, got {value!r}")
+    d = cfg.diffusion
+    if d.rescale_betas_zero_snr and d.prediction_type not in ("v_prediction", "sample"):
+        raise ValueError(f"diffusion.rescale_betas_zero_snr=true needs diffusion.prediction_type="
+                         f"v_prediction (or sample), got {d.prediction_type!r}: at zero terminal "
+                         f"SNR an epsilon model cannot predict x0 (Lin et al. 2024, Sec. 3.2); set "
+                         f"diffusion.prediction_type=v_prediction or rescale_betas_zero_snr=false")
     t = cfg.train
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_nonfinite_steps"):
         check_int(f"train.{key}", getattr(t, key), low=1)
@@ -267,3 +274,105 @@ def to_flat_dict(cfg: ExperimentConfig) -> dict:
         for k, v in values.items():
             flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return flat
+
+
+# -- resuming with changed settings ------------------------------------------------------------
+
+#: What a resumed run does with a setting that differs from the one saved with its checkpoint:
+#: "apply" (use the new value, logged) or "refuse" (stop before any step, naming the key and both
+#: values). The most specific entry wins: a full ``section.key``, then its ``section.`` prefix, then
+#: :data:`RESUME_DEFAULT`. Documented in docs/training.md ("Resuming with changed settings").
+RESUME_POLICY = {
+    # what the checkpoint's weights, optimizer state, data position or RNG streams were made for
+    "data.": "refuse",                  # dataset, split, size, channels, subset: other images
+    "model.": "refuse",                 # U-Net architecture: the weights would not fit
+    "classifier.": "refuse",            # architecture and its training loss
+    "gan.": "refuse",                   # architecture, loss, R1, DiffAugment
+    "vqvae.": "refuse",
+    "prior.": "refuse",                 # architecture, the frozen VQ-VAE
+    "text.": "refuse",                  # the text encoder
+    "diffusion.": "refuse",             # noise schedule, prediction_type, loss weighting, dropout
+    "train.objective": "refuse",
+    "train.seed": "refuse",             # the data order and subset are drawn from it
+    "train.batch_size": "refuse",       # the position in the epoch is counted in batches
+    "train.gradient_accumulation_steps": "refuse",
+    "train.mixed_precision": "refuse",  # the fp16 gradient scaler is (or is not) in the checkpoint
+    "train.use_ema": "refuse",          # the EMA is (or is not) in the checkpoint
+    # hyper-parameters the loop reads afresh or re-sets after loading the checkpoint
+    "train.output_dir": "apply",        # resuming another run's checkpoint into a new folder
+    "train.resume": "apply",
+    "train.max_steps": "apply",         # the LR schedule is rebuilt for the new length
+    "train.learning_rate": "apply",     # set on the optimizer and the LR schedule's base
+    "train.weight_decay": "apply",
+    "train.adam_beta1": "apply",
+    "train.adam_beta2": "apply",
+    "train.max_grad_norm": "apply",
+    "train.lr_scheduler": "apply",
+    "train.lr_warmup_steps": "apply",
+    "train.ema_max_decay": "apply",     # set on the restored EMA (its state dict holds the old one)
+    "train.ema_warmup": "apply",
+    "train.log_every": "apply",
+    "train.sample_every": "apply",
+    "train.checkpoint_every": "apply",
+    "train.checkpoints_total_limit": "apply",
+    "train.num_workers": "apply",
+    "train.num_threads": "apply",
+    "train.export": "apply",
+    "train.max_nonfinite_steps": "apply",
+    "gan.generator_lr": "apply",
+    "gan.discriminator_lr": "apply",
+    "gan.adam_betas": "apply",
+    "gan.truncation": "apply",          # sample grids only
+    "diffusion.sampler": "apply",       # sample grids, evaluation and the export's scheduler
+    "diffusion.sample_steps": "apply",
+    "diffusion.guidance_scale": "apply",
+    "diffusion.eval_num_samples": "apply",
+    "diffusion.eval_metrics": "apply",
+    "diffusion.eval_feature_network": "apply",
+    "data.root": "apply",               # where the same files are; the images are checked by name,
+                                        # split, size and subset
+    "data.eval_split": "apply",
+    "prior.temperature": "apply",
+    "prior.top_k": "apply",
+    "prior.top_p": "apply",
+    "prior.guidance_scale": "apply",
+    "prior.eval_num_samples": "apply",
+    "text.sample_prompts": "apply",
+}
+#: Unlisted keys (a new setting nobody has classified yet) are refused: a refusal costs one rerun
+#: with the old value, a wrongly applied change silently trains a different model.
+RESUME_DEFAULT = "refuse"
+
+
+def resume_policy(key: str) -> str:
+    """``"apply"`` or ``"refuse"`` for a flat key such as ``"train.learning_rate"``."""
+    section = key.split(".", 1)[0] + "."
+    return RESUME_POLICY.get(key, RESUME_POLICY.get(section, RESUME_DEFAULT))
+
+
+def _flat_values(tree: dict) -> dict:
+    """``{"section.key": value}`` with lists as tuples, so saved YAML and dataclasses compare."""
+    return {f"{section}.{k}": tuple(v) if isinstance(v, (list, tuple)) else v
+            for section, values in tree.items() for k, v in values.items()}
+
+
+def compare_resume_settings(cfg: ExperimentConfig, saved_yaml: str) -> tuple[list, list]:
+    """Compare this run's config with ``saved_yaml`` (the ``training_config.yaml`` saved with the
+    checkpoint): returns ``(applied, refused)``, each a list of ``(key, new, saved)`` in key order,
+    classified by :func:`resume_policy`. A key the saved config lacks (it predates the key) is
+    compared with its default; a saved key this version no longer has is ignored.
+
+    Example::
+
+        >>> old = to_yaml(load_config(None, ["train.learning_rate=2e-4"]))
+        >>> compare_resume_settings(load_config(None, ["train.learning_rate=1e-4"]), old)
+        ([('train.learning_rate', 0.0001, 0.0002)], [])
+    """
+    new = _flat_values(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    defaults = _flat_values(OmegaConf.to_container(OmegaConf.structured(ExperimentConfig)))
+    saved = {**defaults, **_flat_values(OmegaConf.to_container(OmegaConf.create(saved_yaml)))}
+    applied, refused = [], []
+    for key in sorted(new):
+        if new[key] != saved[key]:
+            (applied if resume_policy(key) == "apply" else refused).append((key, new[key], saved[key]))
+    return applied, refused

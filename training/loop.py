@@ -27,6 +27,7 @@ An in-memory :class:`diffusion.data.datasets.TensorImageDataset` replaces ``cfg.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from training.config import ExperimentConfig, to_flat_dict, to_yaml
+from training.config import ExperimentConfig, compare_resume_settings, to_flat_dict, to_yaml
 from diffusion.hardware import hardware_description
 from diffusion.data import TensorImageDataset, load_dataset
 from training.objectives import build_objective
@@ -53,6 +54,7 @@ from training.objectives import build_objective
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
+MANIFEST = "manifest.json"  # {file: {"bytes": n, "sha256": hex}} of a checkpoint, written last
 FINAL_DIR = "final"
 
 
@@ -133,6 +135,55 @@ def list_checkpoints(output_dir) -> list[Path]:
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
              and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint's files do not match its manifest (truncated, altered or missing)."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """Record every file's size and SHA-256 in ``folder/manifest.json``, fsynced with the files, so
+    a checkpoint is complete on disk before its rename and a later truncation is detected."""
+    entries = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        entries[str(f.relative_to(folder))] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    with open(folder / MANIFEST, "w") as fh:
+        fh.write(json.dumps(entries, indent=1) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _check_manifest(folder: Path) -> None:
+    """Raise :class:`CorruptCheckpointError` naming the first file of ``folder`` that is missing or
+    differs from ``manifest.json`` (older checkpoints without one are loaded unchecked, logged)."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        logger.warning("checkpoint %s has no %s: its files cannot be checked", folder, MANIFEST)
+        return
+    earlier = [p for p in list_checkpoints(folder.parent.parent) if p.name < folder.name]
+    hint = (f"resume from the previous checkpoint with train.resume={earlier[-1]} (or delete "
+            f"{folder})" if earlier else f"delete {folder} or start afresh with train.resume=None")
+    for name, want in json.loads(manifest.read_text()).items():
+        f = folder / name
+        if not f.is_file():
+            raise CorruptCheckpointError(f"checkpoint file {f} is missing; {hint}")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise CorruptCheckpointError(f"checkpoint file {f} is truncated or altered: {size} bytes, "
+                                         f"{want['bytes']} when written; {hint}")
+        if _sha256(f) != want["sha256"]:
+            raise CorruptCheckpointError(f"checkpoint file {f} is altered: its SHA-256 differs from "
+                                         f"the one recorded when written; {hint}")
 
 
 def _resume_path(cfg: ExperimentConfig) -> Optional[Path]:
@@ -260,11 +311,13 @@ class Trainer:
 
         groups = self.objective.optimizer_groups()
         settings = self.objective.optimizer_settings()  # per-group lr / betas (e.g. GAN TTUR)
-        optimizers = {
-            name: torch.optim.AdamW(self.objective.modules[module].parameters(),
-                                    **{"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2),
-                                       "weight_decay": t.weight_decay, **settings.get(name, {})})
-            for name, module in groups.items()}
+        # kept to re-set them on the restored optimizers when a resume changes them
+        self.optimizer_settings = {
+            name: {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2),
+                   "weight_decay": t.weight_decay, **settings.get(name, {})} for name in groups}
+        optimizers = {name: torch.optim.AdamW(self.objective.modules[module].parameters(),
+                                              **self.optimizer_settings[name])
+                      for name, module in groups.items()}
         # LR schedules step once per optimizer step, by us (not prepared: accelerate would step
         # them once per process).
         self.lr_schedulers = {
@@ -289,11 +342,15 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """``save_state`` into a temporary folder, then an atomic rename to ``checkpoint-<step>``;
-        keeps the newest ``checkpoints_total_limit``.
+        """``save_state`` into a temporary folder, then a manifest of every file's size and SHA-256
+        (fsynced), then an atomic rename to ``checkpoint-<step>``; keeps the newest
+        ``checkpoints_total_limit``. A save that fails or is killed leaves only the temporary
+        folder, which is never listed or resumed from (the next save replaces it).
 
         Raises:
             NonFiniteError: a parameter or EMA weight is NaN / inf on any process (nothing written).
+            OSError: writing failed (e.g. ENOSPC, disk full); the message names the checkpoint,
+                the error and the last good checkpoint.
         """
         acc, root = self.accelerator, self.output_dir / "checkpoints"
         final = root / f"{CHECKPOINT_PREFIX}{self.state.step:07d}"
@@ -304,10 +361,17 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
         self.state.all_generator_states = acc.gather(self.state.generator.get_state().unsqueeze(0))
-        acc.save_state(str(tmp), safe_serialization=True)
-        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp), safe_serialization=True)
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                (tmp / "training_config.yaml").write_text(to_yaml(self.full_cfg))
+                _write_manifest(tmp)
+        except OSError as e:
+            raise type(e)(*((e.errno,) if e.errno else ()),
+                          f"writing checkpoint {final} failed: {e.strerror or e}; the partial "
+                          f"{tmp.name} is never resumed from; {self.last_checkpoint_text()}") from e
         if acc.is_main_process:
-            (tmp / "training_config.yaml").write_text(to_yaml(self.full_cfg))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -352,8 +416,59 @@ class Trainer:
                                  f"written; {self.last_checkpoint_text()}")
 
     def load_checkpoint(self, path) -> None:
+        """Load ``path`` after checking its files against its manifest.
+
+        Raises:
+            CorruptCheckpointError: a file is missing, truncated or altered (named, with how to
+                resume from the previous checkpoint instead); nothing is loaded.
+        """
+        _check_manifest(Path(path))
         self.accelerator.load_state(str(path))
         logger.info("resumed from %s at step %d", path, self.state.step)
+
+    def check_resume_settings(self, path: Path) -> list:
+        """Compare this run's config with the one saved in checkpoint ``path``
+        (:func:`training.config.compare_resume_settings`, table ``RESUME_POLICY``); return the
+        changes to apply, ``(key, new, saved)``.
+
+        Raises:
+            ValueError: a changed setting the table refuses (each named with both values).
+        """
+        saved = path / "training_config.yaml"
+        if not saved.is_file():
+            logger.warning("checkpoint %s has no training_config.yaml: changed settings cannot be "
+                           "checked", path)
+            return []
+        applied, refused = compare_resume_settings(self.full_cfg, saved.read_text())
+        if refused:
+            changes = "; ".join(f"{k} {new!r} (checkpoint: {old!r})" for k, new, old in refused)
+            raise ValueError(f"cannot resume from {path} with changed settings: {changes}. The "
+                             f"checkpoint's weights, optimizer state or data position were made for "
+                             f"the old values: start a new train.output_dir (or train.resume=None) "
+                             f"or restore the old values")
+        return applied
+
+    def apply_resume_settings(self, applied: list) -> None:
+        """After :meth:`load_checkpoint`, put back what ``load_state`` restored from the
+        checkpoint but this run changed: each optimizer's lr / betas / weight decay (and its LR
+        schedule's base, then this step's LR), and each EMA's decay settings; log every change."""
+        for key, new, old in applied:
+            logger.warning("resumed with %s %r (checkpoint: %r)", key, new, old)
+        keys = {k for k, _, _ in applied}
+        if keys & {"train.learning_rate", "train.adam_beta1", "train.adam_beta2", "train.weight_decay",
+                   "gan.generator_lr", "gan.discriminator_lr", "gan.adam_betas"}:
+            for name, settings in self.optimizer_settings.items():
+                sched = self.lr_schedulers[name]  # diffusers' schedules are LambdaLR
+                sched.base_lrs = [settings["lr"]] * len(sched.base_lrs)
+                for group, lr_lambda in zip(self.optimizers[name].param_groups, sched.lr_lambdas):
+                    group.update(initial_lr=settings["lr"], betas=settings["betas"],
+                                 weight_decay=settings["weight_decay"],
+                                 lr=settings["lr"] * lr_lambda(sched.last_epoch))
+                sched._last_lr = [g["lr"] for g in self.optimizers[name].param_groups]
+        if keys & {"train.ema_max_decay", "train.ema_warmup"}:
+            fresh = build_ema([torch.nn.Parameter(torch.zeros(1))], self.cfg)
+            for ema in self.emas.values():
+                ema.decay, ema.min_decay, ema.use_ema_warmup = fresh.decay, fresh.min_decay, fresh.use_ema_warmup
 
     # -- EMA ---------------------------------------------------------------------------------
     @contextmanager
@@ -495,7 +610,9 @@ class Trainer:
         acc, t, state = self.accelerator, self.cfg, self.state
         resume = _resume_path(self.full_cfg)
         if resume is not None:
+            applied = self.check_resume_settings(resume)  # before anything is loaded or written
             self.load_checkpoint(resume)
+            self.apply_resume_settings(applied)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "training_config.yaml").write_text(to_yaml(self.full_cfg))
