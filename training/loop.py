@@ -27,7 +27,6 @@ An in-memory :class:`diffusion.data.datasets.TensorImageDataset` replaces ``cfg.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,25 +35,26 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from training.checkpoints import (CHECKPOINT_PREFIX, check_manifest, list_checkpoints, resume_path,
+                                  write_manifest)
 from training.config import ExperimentConfig, compare_resume_settings, to_flat_dict, to_yaml
+from training.state import EpochSampler, TrainState, batches
 from diffusion.hardware import hardware_description
 from diffusion.data import TensorImageDataset, load_dataset
 from training.objectives import build_objective
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-MANIFEST = "manifest.json"  # {file: {"bytes": n, "sha256": hex}} of a checkpoint, written last
 FINAL_DIR = "final"
 
 
@@ -68,135 +68,6 @@ def _all_finite(tensors) -> torch.Tensor:
     """A 0-dim bool tensor: no element of any of ``tensors`` is NaN or inf (True if none)."""
     flags = [torch.isfinite(t).all() for t in tensors]
     return torch.stack(flags).all() if flags else torch.tensor(True)
-
-
-class EpochSampler(Sampler):
-    """A permutation of ``range(n)`` drawn from ``(seed, epoch)`` alone: the same on every process
-    (accelerate shards it) and the same again after a resume."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class TrainState:
-    """Counters and the training RNG, checkpointed with the model (``register_for_checkpointing``).
-
-    ``step`` counts optimizer steps; ``batch_in_epoch`` counts micro-batches of this epoch already
-    consumed; ``generator`` draws all training randomness of the objective; ``nonfinite_skips``
-    counts optimizer steps skipped for a non-finite loss or gradient.
-    """
-
-    def __init__(self, seed: int, process_index: int = 0):
-        self.step = self.epoch = self.batch_in_epoch = self.nonfinite_skips = 0
-        self.train_seconds = 0.0
-        self.process_index = process_index
-        self.generator = torch.Generator().manual_seed(seed)
-        # (num_processes, state bytes): every process's generator, gathered before a save because
-        # accelerate writes custom state from the main process only.
-        self.all_generator_states: torch.Tensor | None = None
-
-    def state_dict(self) -> dict:
-        states = self.all_generator_states
-        if states is None:
-            states = self.generator.get_state().unsqueeze(0)
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "train_seconds": self.train_seconds, "generator": states,
-                "nonfinite_skips": self.nonfinite_skips}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.batch_in_epoch, self.train_seconds = int(state["batch_in_epoch"]), float(state["train_seconds"])
-        self.nonfinite_skips = int(state.get("nonfinite_skips", 0))  # absent before 0.2.0
-        states = state["generator"]
-        if states.ndim == 1:  # a single process's state
-            states = states.unsqueeze(0)
-        if self.process_index >= len(states):
-            raise ValueError(f"checkpoint holds generator states of {len(states)} processes; this "
-                             f"is process {self.process_index}: resume with as many processes")
-        self.generator.set_state(states[self.process_index].clone())
-
-
-def list_checkpoints(output_dir) -> list[Path]:
-    """Complete checkpoints in ``output_dir/checkpoints``, oldest first. Partly written ones live
-    under a temporary name until renamed, so they are never listed."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-class CorruptCheckpointError(ValueError):
-    """A checkpoint's files do not match its manifest (truncated, altered or missing)."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_manifest(folder: Path) -> None:
-    """Record every file's size and SHA-256 in ``folder/manifest.json``, fsynced with the files, so
-    a checkpoint is complete on disk before its rename and a later truncation is detected."""
-    entries = {}
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-        entries[str(f.relative_to(folder))] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-    with open(folder / MANIFEST, "w") as fh:
-        fh.write(json.dumps(entries, indent=1) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _check_manifest(folder: Path) -> None:
-    """Raise :class:`CorruptCheckpointError` naming the first file of ``folder`` that is missing or
-    differs from ``manifest.json`` (older checkpoints without one are loaded unchecked, logged)."""
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        logger.warning("checkpoint %s has no %s: its files cannot be checked", folder, MANIFEST)
-        return
-    earlier = [p for p in list_checkpoints(folder.parent.parent) if p.name < folder.name]
-    hint = (f"resume from the previous checkpoint with train.resume={earlier[-1]} (or delete "
-            f"{folder})" if earlier else f"delete {folder} or start afresh with train.resume=None")
-    for name, want in json.loads(manifest.read_text()).items():
-        f = folder / name
-        if not f.is_file():
-            raise CorruptCheckpointError(f"checkpoint file {f} is missing; {hint}")
-        size = f.stat().st_size
-        if size != want["bytes"]:
-            raise CorruptCheckpointError(f"checkpoint file {f} is truncated or altered: {size} bytes, "
-                                         f"{want['bytes']} when written; {hint}")
-        if _sha256(f) != want["sha256"]:
-            raise CorruptCheckpointError(f"checkpoint file {f} is altered: its SHA-256 differs from "
-                                         f"the one recorded when written; {hint}")
-
-
-def _resume_path(cfg: ExperimentConfig) -> Optional[Path]:
-    resume = cfg.train.resume
-    if resume is None or resume in ("none", "None", ""):
-        return None
-    if resume in ("auto", "latest"):
-        found = list_checkpoints(cfg.train.output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_dir():
-        raise FileNotFoundError(f"train.resume={resume!r} is not a checkpoint folder")
-    return path
 
 
 def build_ema(parameters, t) -> EMAModel:
@@ -226,26 +97,6 @@ def _cpu_only_multiprocess() -> bool:
     else:
         has_accelerator = torch.cuda.is_available()
     return not has_accelerator and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def _batches(loader, sampler: EpochSampler, state: TrainState, accelerator) -> Iterator:
-    """Endless micro-batches; ``state.epoch`` / ``state.batch_in_epoch`` track the position."""
-    while True:
-        sampler.set_epoch(state.epoch)
-        if hasattr(loader, "set_epoch"):
-            # accelerate's loader re-sets the sampler's epoch from its own pass counter on every
-            # pass (and skip_first_batches copies that counter), which restarts at 0 in a resumed
-            # process: give it the checkpointed epoch so it draws the same permutation.
-            loader.set_epoch(state.epoch)
-        dataset = getattr(loader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):  # captioned datasets choose each epoch's captions
-            dataset.set_epoch(state.epoch)
-        it = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
-        for batch in it:
-            state.batch_in_epoch += 1
-            yield batch
-        state.epoch += 1
-        state.batch_in_epoch = 0
 
 
 class Trainer:
@@ -366,7 +217,7 @@ class Trainer:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 (tmp / "training_config.yaml").write_text(to_yaml(self.full_cfg))
-                _write_manifest(tmp)
+                write_manifest(tmp)
         except OSError as e:
             raise type(e)(*((e.errno,) if e.errno else ()),
                           f"writing checkpoint {final} failed: {e.strerror or e}; the partial "
@@ -422,7 +273,7 @@ class Trainer:
             CorruptCheckpointError: a file is missing, truncated or altered (named, with how to
                 resume from the previous checkpoint instead); nothing is loaded.
         """
-        _check_manifest(Path(path))
+        check_manifest(Path(path))
         self.accelerator.load_state(str(path))
         logger.info("resumed from %s at step %d", path, self.state.step)
 
@@ -608,7 +459,7 @@ class Trainer:
     def run(self) -> Path:
         """Train (resuming if a checkpoint is found), export, and return the export folder."""
         acc, t, state = self.accelerator, self.cfg, self.state
-        resume = _resume_path(self.full_cfg)
+        resume = resume_path(self.full_cfg)
         if resume is not None:
             applied = self.check_resume_settings(resume)  # before anything is loaded or written
             self.load_checkpoint(resume)
@@ -619,7 +470,7 @@ class Trainer:
         acc.init_trackers("train", config=to_flat_dict(self.full_cfg))
         for m in self.modules.values():
             m.train()
-        data = _batches(self.loader, self.sampler, state, acc)
+        data = batches(self.loader, self.sampler, state, acc)
         bar = tqdm(total=t.max_steps, initial=state.step, disable=not acc.is_local_main_process,
                    desc=f"training {t.objective}")
         start, base_seconds, window = time.time(), state.train_seconds, {}

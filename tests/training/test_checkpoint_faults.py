@@ -4,7 +4,7 @@
   checkpoint and the last good one, no folder resume would load is left, and resuming from the
   previous checkpoint ends bit-identical to an uninterrupted run;
 * a truncated (or altered, or missing) file in a checkpoint: resume refuses it with
-  :class:`~training.loop.CorruptCheckpointError` naming the file and the previous checkpoint to
+  :class:`~training.checkpoints.CorruptCheckpointError` naming the file and the previous checkpoint to
   resume from, before anything is loaded; it does not fall back on its own;
 * SIGKILL of a training process in the middle of a checkpoint write: resume works, bit-identical.
 """
@@ -24,7 +24,8 @@ import torch
 
 from diffusion.data.datasets import TensorImageDataset
 from training.config import load_config
-from training.loop import CorruptCheckpointError, Trainer, _resume_path, list_checkpoints
+from training.checkpoints import CorruptCheckpointError, list_checkpoints, resume_path
+from training.loop import Trainer
 from training_helpers import REPO, TINY, child_env
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -97,7 +98,7 @@ def test_disk_full_mid_write_fails_clearly_and_resume_is_bit_identical(tmp_path,
     # nothing resume would load: only checkpoint 2 is listed, the partial one keeps its .tmp name
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-0000002"]
     cfg = load_config(None, [*COMMON, f"train.output_dir={tmp_path}"])
-    assert _resume_path(cfg) == tmp_path / "checkpoints" / "checkpoint-0000002"
+    assert resume_path(cfg) == tmp_path / "checkpoints" / "checkpoint-0000002"
 
     resumed = trainer(tmp_path)
     resumed.run()

@@ -23,7 +23,8 @@ from training.__main__ import main
 from training.config import load_config
 from diffusion.data.datasets import (DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES,
                                      TensorImageDataset, fashion_mnist, images_to_tensor)
-from training.loop import CHECKPOINT_PREFIX, Trainer, _resume_path, list_checkpoints
+from training.checkpoints import CHECKPOINT_PREFIX, list_checkpoints, resume_path
+from training.loop import Trainer
 from training_helpers import REPO, TINY, free_port, make_fashion_root, run_python, write_idx
 
 QUICK_YAML = REPO / "training" / "configs" / "fashion_mnist_quick.yaml"
@@ -242,7 +243,7 @@ def test_interrupted_checkpoint_is_never_resumed_from(data_root, tmp_path):
     (junk / "model.safetensors").write_bytes(b"garbage")
     (junk / "custom_checkpoint_0.pkl").write_bytes(b"\x80garbage")
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-0000002", "checkpoint-0000004"]
-    assert _resume_path(cfg) == ckpt_root / "checkpoint-0000004"
+    assert resume_path(cfg) == ckpt_root / "checkpoint-0000004"
 
     # 3. A new run resumes from step 4 and finishes 4 more steps.
     resumed = Trainer(cfg)
@@ -262,12 +263,12 @@ def test_interrupted_checkpoint_is_never_resumed_from(data_root, tmp_path):
         torch.testing.assert_close(w_resumed[n], w_straight[n], rtol=0, atol=1e-6)
 
 
-def test_explicit_resume_path_must_exist(data_root, tmp_path):
+def test_explicitresume_path_must_exist(data_root, tmp_path):
     cfg = tiny_cfg(data_root, tmp_path, f"train.resume={tmp_path / 'missing'}")
     with pytest.raises(FileNotFoundError, match="missing"):
-        _resume_path(cfg)
-    assert _resume_path(tiny_cfg(data_root, tmp_path, "train.resume=null")) is None
-    assert _resume_path(tiny_cfg(data_root, tmp_path)) is None        # auto, nothing there yet
+        resume_path(cfg)
+    assert resume_path(tiny_cfg(data_root, tmp_path, "train.resume=null")) is None
+    assert resume_path(tiny_cfg(data_root, tmp_path)) is None        # auto, nothing there yet
 
 
 # -- learning -----------------------------------------------------------------------------------

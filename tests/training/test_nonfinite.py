@@ -23,7 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from training.config import load_config
-from training.loop import NonFiniteError, Trainer, _batches, list_checkpoints
+from training.checkpoints import list_checkpoints
+from training.loop import NonFiniteError, Trainer
+from training.state import batches
 from training_helpers import TINY, free_port, make_fashion_root, run_python
 
 # Every test here starts and ends with no accelerate singletons (tests/conftest.py).
@@ -274,7 +276,7 @@ def test_gan_decides_per_optimizer(data_root, tmp_path):
     finite) steps, its EMA steps and the step counts."""
     trainer = Trainer(tiny_cfg(data_root, tmp_path / "run", *GAN_TINY))
     faults = Faults(trainer, calls={2})       # calls: D0 G0 | D1 G1 ...: the D loss of step 1
-    data = _batches(trainer.loader, trainer.sampler, trainer.state, trainer.accelerator)
+    data = batches(trainer.loader, trainer.sampler, trainer.state, trainer.accelerator)
     for _ in range(3):
         logs = trainer.train_step(data)
     (b0, a0), (b1, a1), _ = faults.steps
