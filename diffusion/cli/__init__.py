@@ -54,5 +54,5 @@ def main(argv=None) -> int:
     # sweep's and compare's --steps are comma lists, checked where they are read.
     sizes = {name: (getattr(args, name), 1) for name in ("per_class", "steps", "batch_size")
              if isinstance(getattr(args, name, None), int)}
-    options.check_at_least("--per-class, --steps and --batch-size must be >= 1", **sizes)
+    options.check_at_least(**sizes)
     return args.func(args)

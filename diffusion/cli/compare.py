@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                "(default: each model's own)")
     options.add_steps_list(c, help="diffusion models: comma-separated num_inference_steps "
                                    "(default 20)")
-    c.add_argument("--batch-sizes", default="1,16,64,256",
+    c.add_argument("--batch-sizes", type=options.int_list, default="1,16,64,256",
                    help="batch sizes timed for throughput (default 1,16,64,256)")
     options.add_cas(c, help="also CAS per row (trains a classifier each)",
                     steps_help="classifier steps for --cas (default: the shipped config's)")
@@ -63,10 +63,9 @@ def run(args) -> int:
     kwargs = eval_kwargs(args, None)
     kwargs.pop("accelerator")
     with exit_on(ValueError, FileNotFoundError):
-        batch_sizes = options.int_list(args.batch_sizes)
         rows = compare(args.models, samplers=args.samplers.split(",") if args.samplers else None,
-                       steps=options.int_list(args.steps) if args.steps else None,
-                       cas=args.cas, cas_steps=args.cas_steps, batch_sizes=batch_sizes,
+                       steps=args.steps, cas=args.cas, cas_steps=args.cas_steps,
+                       batch_sizes=args.batch_sizes,
                        measure_memory=not args.no_memory, device=args.device,
                        class_prompts=options.class_prompts(args.prompts), **kwargs)
     if args.dataset == "image-folder":  # name the folder, not the hash of its pixels

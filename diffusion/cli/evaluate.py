@@ -63,9 +63,14 @@ def run(args) -> int:
     if args.real:
         result["sampler"] = f"real {args.real} images ({args.dataset}; floor)"
     if args.cas and (accelerator is None or accelerator.is_main_process):
-        from diffusion.evaluation.cas import pipeline_cas
+        from diffusion.evaluation.cas import pipeline_cas, planned_steps
         from diffusion.evaluation.sampling import pipeline_call_kwargs
 
+        with exit_on(ValueError):
+            steps = planned_steps(args.cas_steps)
+        print(f"CAS: training the classifier twice for {steps} steps each, on {args.num_samples} "
+              f"generated images and on {args.num_samples} real ones (--cas-steps sets the steps)",
+              flush=True)
         cas = pipeline_cas(pipe, args.num_samples, seed=args.seed, batch_size=args.batch_size,
                            call_kwargs=pipeline_call_kwargs(  # as evaluate() passed them
                                pipe, kwargs.get("pipeline_kwargs"), **call,

@@ -39,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     options.add_steps(g)
     options.add_guidance_scale(g, help="classifier-free guidance scale; 1 disables guidance "
                                        "(default 2.0 for diffusion; AR: the model's saved setting)")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    g.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
     g.add_argument("--truncation", type=float, default=None,
                    help="GAN pipelines: resample latent components beyond this (default: none)")
     options.add_seed(g, help="image i uses seed+i (default 0)")
@@ -86,17 +86,14 @@ def _model_folder(args) -> str:
 
 
 def _call_options(pipe, args) -> dict:
-    """The flags ``pipe`` takes: family-specific ones go only to pipelines whose call takes them
-    (a GAN has no sampler)."""
+    """The flags ``pipe`` takes; a family flag it has no use for (``--sampler`` for a GAN) is
+    refused by :func:`options.refuse_unused`."""
     accepted = set(inspect.signature(pipe.__call__).parameters)
     options.default_guidance(pipe, args)
     given = {k: v for k, v in (("num_inference_steps", args.steps),
                                ("guidance_scale", args.guidance_scale), ("eta", args.eta),
                                ("sampler", args.sampler), ("truncation", args.truncation))
              if k in accepted and v is not None}
-    if args.truncation is not None and "truncation" not in accepted:
-        raise SystemExit("error: --truncation is for GAN pipelines; "
-                         f"{type(pipe).__name__} has none")
     given.update(options.decoding_options(pipe, args))
     return given
 

@@ -39,13 +39,45 @@ def exit_on(*errors: type, prefix: str = "") -> Iterator[None]:
         raise SystemExit(f"error: {prefix}{e}") from e
 
 
-def check_at_least(message: str, **lows: tuple) -> None:
-    """``SystemExit("error: {message}")`` unless every ``name=(value, low)`` is an int >= low."""
-    try:
-        for name, (value, low) in lows.items():
+def check_at_least(**lows: tuple) -> None:
+    """``SystemExit("error: --flag must be >= low, got value")`` for the first ``name=(value,
+    low)`` that is not an int >= low (``name`` is the flag's dest: ``batch_size``)."""
+    for name, (value, low) in lows.items():
+        try:
             check_int(name, value, low=low)
-    except ValueError as e:
-        raise SystemExit(f"error: {message}") from e
+        except ValueError as e:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= {low}, "
+                             f"got {value!r}") from e
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type of a comma list of ints >= 1: ``"5,10,20"`` -> ``[5, 10, 20]``; a bad item
+    is an ``argparse.ArgumentTypeError`` naming it (argparse adds the flag)."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r} in {text!r} is not an integer (give a comma list such as 5,10,20)")
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{value} in {text!r} must be >= 1")
+        values.append(value)
+    return values
+
+
+def sampler_steps(text: str) -> tuple:
+    """argparse type of ``SAMPLER:STEPS`` (``STEPS`` default 250): ``"ddpm:250"`` -> ``("ddpm",
+    250)``."""
+    name, _, n = text.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: give SAMPLER:STEPS, e.g. ddpm:250")
+    try:
+        (steps,) = int_list(n or "250")
+    except (argparse.ArgumentTypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r}: STEPS {n!r} is not an integer >= 1 (give "
+                                         f"SAMPLER:STEPS, e.g. ddpm:250)")
+    return name, steps
 
 
 # --- the model and where it runs ----------------------------------------------------------------
@@ -63,8 +95,46 @@ def load_model(model, device: str, quiet: bool):
         return load_pipeline(model or default_model_path(), device=device, quiet=quiet)
 
 
+def available_devices() -> list[str]:
+    """The torch devices this machine has: ``cpu``, then ``cuda:0..`` and ``mps`` if present."""
+    import torch
+
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())
+                       if torch.cuda.is_available()]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def device(text: str) -> str:
+    """argparse type of ``--device``: a device this machine has, else an error listing them
+    (before any model is loaded, instead of the driver's RuntimeError)."""
+    if text == "cpu":
+        return text
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; this machine has "
+                                         f"{', '.join(available_devices())}")
+    have = available_devices()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine; "
+                                         f"available devices: {', '.join(have)}")
+    if dev.type == "cuda" and dev.index is not None and f"cuda:{dev.index}" not in have:
+        raise argparse.ArgumentTypeError(f"{text!r}: no such GPU; available devices: "
+                                         f"{', '.join(have)}")
+    if dev.type == "mps" and "mps" not in have:
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine; "
+                                         f"available devices: {', '.join(have)}")
+    return text
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", type=device,
+                   help="torch device: cpu (default), cuda, cuda:N or mps, if this machine has it")
 
 
 def add_quiet(p: argparse.ArgumentParser, help: str = "no progress bars") -> None:
@@ -94,19 +164,20 @@ def add_samplers(p: argparse.ArgumentParser, default, help: str) -> None:
     p.add_argument("--samplers", default=default, help=help)
 
 
+#: ``--steps`` left unset on a diffusion model (the shipped model's setting).
+DEFAULT_STEPS = 20
+
+
 def add_steps(p: argparse.ArgumentParser) -> None:
-    """``--steps N``: the step count of one run (generate, synthesize, evaluate)."""
-    p.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
+    """``--steps N``: the step count of one run (generate, synthesize, evaluate); unset is
+    ``None`` so that a family without steps can refuse it (:func:`refuse_unused`)."""
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"diffusion models: num_inference_steps (default {DEFAULT_STEPS})")
 
 
 def add_steps_list(p, help: str) -> None:
     """``--steps N,M,...``: the step counts of a grid (sweep, compare); ``p`` may be a group."""
-    p.add_argument("--steps", default=None, help=help)
-
-
-def int_list(text: str) -> list[int]:
-    """``"5,10,20"`` -> ``[5, 10, 20]`` (raises ValueError on a non-integer)."""
-    return [int(v) for v in text.split(",")]
+    p.add_argument("--steps", type=int_list, default=None, help=help)
 
 
 def add_guidance_scale(p: argparse.ArgumentParser, help: str = "guidance scale (default: 2.0 "
@@ -115,11 +186,58 @@ def add_guidance_scale(p: argparse.ArgumentParser, help: str = "guidance scale (
 
 
 def default_guidance(pipe, args) -> None:
-    """``--guidance-scale`` left unset: 2.0 for diffusion pipelines (the shipped model's setting);
-    others keep ``None`` (an AR pipeline then uses its saved decoding setting)."""
-    if args.guidance_scale is None and \
-            "num_inference_steps" in inspect.signature(pipe.__call__).parameters:
-        args.guidance_scale = 2.0
+    """``--guidance-scale`` (and a one-run ``--steps``) left unset: 2.0 (and 20) for diffusion
+    pipelines (the shipped model's setting); others keep ``None`` (an AR pipeline then uses its
+    saved decoding setting). First refuses the family flags ``pipe`` has no use for."""
+    refuse_unused(pipe, args)
+    if "num_inference_steps" in inspect.signature(pipe.__call__).parameters:
+        if args.guidance_scale is None:
+            args.guidance_scale = 2.0
+        if getattr(args, "steps", 0) is None and not hasattr(args, "samplers"):  # one run
+            args.steps = DEFAULT_STEPS
+
+
+#: Flag -> the pipeline ``__call__`` argument it sets: a flag is refused for a pipeline whose
+#: call does not take that argument (a GAN has no sampler; a diffusion model no top-k).
+FAMILY_FLAGS = {"--sampler": "sampler", "--steps": "num_inference_steps",
+                "--guidance-scale": "guidance_scale", "--eta": "eta",
+                "--truncation": "truncation", "--temperature": "temperature", "--top-k": "top_k",
+                "--top-p": "top_p", "--num-beams": "num_beams", "--no-kv-cache": "use_cache",
+                "--nfe": "num_inference_steps"}
+
+
+def family_of(pipe_class) -> str:
+    """The family a pipeline class belongs to: its module's name (``diffusion.pipelines.gan``
+    -> ``gan``)."""
+    return pipe_class.__module__.rsplit(".", 1)[-1]
+
+
+def _families_taking(argument: str) -> list[str]:
+    import importlib
+
+    from diffusion.pipelines.loading import PIPELINE_CLASSES
+
+    found = []
+    for target in PIPELINE_CLASSES.values():
+        module, _, name = target.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        if argument in inspect.signature(cls.__call__).parameters and family_of(cls) not in found:
+            found.append(family_of(cls))
+    return found
+
+
+def refuse_unused(pipe, args) -> None:
+    """``SystemExit("error: --flag: only X pipelines take this; this is a Y model (Class)")`` for
+    the first flag of :data:`FAMILY_FLAGS` given (not ``None``/``False``) that ``pipe``'s call
+    does not take."""
+    accepted = set(inspect.signature(pipe.__call__).parameters)
+    for flag, argument in FAMILY_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is None or value is False or argument in accepted:
+            continue
+        takers = " and ".join(_families_taking(argument)) or "no"
+        raise SystemExit(f"error: {flag}: only {takers} pipelines take this; this is a "
+                         f"{family_of(type(pipe))} model ({type(pipe).__name__})")
 
 
 def add_seed(p: argparse.ArgumentParser,
@@ -191,14 +309,10 @@ DECODING_VALUES = ("temperature", "top_k", "top_p", "num_beams")
 
 def decoding_options(pipe, args) -> dict:
     """The AR decoding options given on the command line, checked against ``pipe``'s call."""
+    refuse_unused(pipe, args)
     given = {k: getattr(args, k) for k in DECODING_VALUES if getattr(args, k) is not None}
     if args.no_kv_cache:
         given["use_cache"] = False
-    accepted = set(inspect.signature(pipe.__call__).parameters)
-    unknown = sorted(set(given) - accepted)
-    if unknown:
-        raise SystemExit(f"error: {', '.join('--' + k.replace('_', '-') for k in unknown)}: only "
-                         f"autoregressive pipelines take this; {type(pipe).__name__} does not")
     return given
 
 
@@ -250,6 +364,5 @@ def add_eval(p: argparse.ArgumentParser, model: bool = True) -> None:
 
 
 def check_run_sizes(args) -> None:
-    check_at_least("--num-samples must be >= 2, --batch-size and --shard-size >= 1",
-                   num_samples=(args.num_samples, 2), batch_size=(args.batch_size, 1),
+    check_at_least(num_samples=(args.num_samples, 2), batch_size=(args.batch_size, 1),
                    shard_size=(args.shard_size, 1))

@@ -27,8 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          help="comma-separated sampler names, or 'all'")
     group = w.add_mutually_exclusive_group(required=True)
     options.add_steps_list(group, help="comma-separated num_inference_steps")
-    group.add_argument("--nfe", default=None, help="comma-separated NFE budgets")
-    w.add_argument("--reference", default=None,
+    group.add_argument("--nfe", type=options.int_list, default=None, help="comma-separated NFE budgets")
+    w.add_argument("--reference", type=options.sampler_steps, default=None,
                    help="a reference row SAMPLER:STEPS drawn as a dashed line, e.g. ddpm:250")
     w.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
     return w
@@ -40,14 +40,9 @@ def run(args) -> int:
 
     pipe, accelerator, kwargs = eval_setup(args)
     samplers = list_samplers() if args.samplers == "all" else args.samplers.split(",")
-    steps = options.int_list(args.steps) if args.steps else None
-    nfe = options.int_list(args.nfe) if args.nfe else None
-    reference = None
-    if args.reference:
-        name, _, n = args.reference.partition(":")
-        reference = (name, int(n or 250))
     with exit_on(ValueError, FileNotFoundError):
-        rows = sweep(pipe, samplers, steps=steps, nfe=nfe, reference=reference, **kwargs)
+        rows = sweep(pipe, samplers, steps=args.steps, nfe=args.nfe, reference=args.reference,
+                     **kwargs)
     if accelerator is not None and not accelerator.is_main_process:
         return 0
     out = Path(args.out)

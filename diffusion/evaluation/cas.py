@@ -139,7 +139,28 @@ def _caller_state_kept():
         torch.set_num_threads(threads)
 
 
-def _fit_and_test(cfg, dataset, test, output_dir: Optional[PathLike], device) -> dict:
+@contextmanager
+def _no_training_bar():
+    """The loop's tqdm bar disabled (``training.loop.train`` has no progress flag of its own)."""
+    import functools
+
+    import training.loop as loop  # upward edge: CAS trains a classifier with the one loop
+
+    bar = loop.tqdm
+    loop.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        loop.tqdm = bar
+
+
+def planned_steps(max_steps: Optional[int] = None) -> int:
+    """The optimizer steps each CAS training runs: ``max_steps``, else the config's (2,500)."""
+    return _load_classifier_config(None, (), max_steps, 0)[0].train.max_steps
+
+
+def _fit_and_test(cfg, dataset, test, output_dir: Optional[PathLike], device,
+                  progress: bool = True) -> dict:
     """Train on ``dataset`` with :func:`training.loop.train`, then test the exported classifier."""
     from diffusion.models.classifier import ImageClassifier
     from training.loop import train  # upward edge: CAS trains a classifier with the one loop
@@ -147,7 +168,7 @@ def _fit_and_test(cfg, dataset, test, output_dir: Optional[PathLike], device) ->
     keep = output_dir is not None
     with nullcontext(output_dir) if keep else tempfile.TemporaryDirectory(prefix="cas-") as out:
         run_cfg = replace(cfg, train=replace(cfg.train, output_dir=str(out)))
-        with _caller_state_kept():
+        with _caller_state_kept(), nullcontext() if progress else _no_training_bar():
             final = train(run_cfg, dataset=dataset)
         classifier = ImageClassifier.from_pretrained(final)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -285,7 +306,7 @@ def classification_accuracy_score(synthetic_images: ArrayLike, synthetic_labels,
                                   seed: int = 0, max_steps: Optional[int] = None,
                                   config: Optional[PathLike] = None, overrides: Sequence[str] = (),
                                   real=None, test=None, output_dir: Optional[PathLike] = None,
-                                  device=None) -> dict:
+                                  device=None, progress: bool = True) -> dict:
     """CAS: accuracy on the real test split of a classifier trained on synthetic images only,
     beside the same classifier trained on as many real images (Ravuri & Vinyals 2019, Sec. 3).
 
@@ -304,6 +325,7 @@ def classification_accuracy_score(synthetic_images: ArrayLike, synthetic_labels,
         real: the real training set (default: the config dataset's ``data.split``, Fashion-MNIST
             train, 60,000 images).
         output_dir: keep the runs in ``output_dir/synthetic`` and ``output_dir/real``.
+        progress: show the training loop's progress bar.
 
     Returns:
         ``{"cas": synthetic-trained accuracy, "real_accuracy": real-trained accuracy, "ratio":
@@ -337,7 +359,7 @@ def classification_accuracy_score(synthetic_images: ArrayLike, synthetic_labels,
     runs = {}
     for name, dataset in (("synthetic", TensorImageDataset(x, y, class_names)), ("real", real_subset)):
         out = None if output_dir is None else Path(output_dir) / name
-        runs[name] = _fit_and_test(cfg, dataset, test, out, device)
+        runs[name] = _fit_and_test(cfg, dataset, test, out, device, progress)
     cas, real_accuracy = runs["synthetic"]["accuracy"], runs["real"]["accuracy"]
     return {"cas": cas, "real_accuracy": real_accuracy,
             "ratio": cas / real_accuracy if real_accuracy else float("nan"),
@@ -377,4 +399,5 @@ def pipeline_cas(pipe, num_samples: int, *, call_kwargs: Optional[dict] = None, 
                            shard_size=shard_size, class_prompts=class_prompts)
     if run.labels is None:
         raise ValueError("CAS needs class labels: the pipeline is unconditional")
-    return classification_accuracy_score(run.images, run.labels, seed=seed, max_steps=max_steps)
+    return classification_accuracy_score(run.images, run.labels, seed=seed, max_steps=max_steps,
+                                         progress=progress)

@@ -50,7 +50,7 @@ def test_generate_same_seed_same_files(model_dir, tmp_path):
     (["--classes", "Sweater"], "unknown class 'Sweater'"),
     (["--classes", "7"], "class id 7 out of range: ids 0..2"),
     (["--sampler", "nope"], "unknown sampler 'nope'"),
-    (["--steps", "0"], "must be >= 1"),
+    (["--steps", "0"], "error: --steps must be >= 1, got 0"),
 ])
 def test_generate_bad_input_is_a_clear_error(model_dir, tmp_path, args, message):
     with pytest.raises(SystemExit) as e:

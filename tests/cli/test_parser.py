@@ -92,7 +92,7 @@ def test_flags_shared_by_several_commands_are_defined_once_in_options():
             "--guidance-scale", "--model", "--temperature", "--metrics"} <= shared
     assert set(OWN_PER_COMMAND) <= shared  # an exemption that no longer applies is removed
     # --steps is two flags: one count (generate, synthesize, evaluate) or a list (sweep, compare).
-    assert {t for (flag, t) in found if flag == "--steps"} == {int, None}
+    assert {t for (flag, t) in found if flag == "--steps"} == {int, options.int_list}
 
 
 def test_the_duplicate_check_fails_on_a_second_definition():
@@ -138,14 +138,11 @@ def test_old_entry_points_still_work():
     assert getattr(importlib.import_module(module), function) is main
 
 
-SIZES = "--per-class, --steps and --batch-size must be >= 1"
-
-
 @pytest.mark.parametrize("argv, message", [
-    (["synthesize", "--per-class", "0", "--out", "x"], SIZES),
-    (["evaluate", "--batch-size", "0"], SIZES),
-    (["evaluate", "--num-samples", "1"], "--num-samples must be >= 2"),
-    (["compare", "--models", "m", "--shard-size", "0"], "--shard-size >= 1"),
+    (["synthesize", "--per-class", "0", "--out", "x"], "error: --per-class must be >= 1, got 0"),
+    (["evaluate", "--batch-size", "0"], "error: --batch-size must be >= 1, got 0"),
+    (["evaluate", "--num-samples", "1"], "--num-samples must be >= 2, got 1"),
+    (["compare", "--models", "m", "--shard-size", "0"], "--shard-size must be >= 1, got 0"),
     (["compare", "--models", "m", "--top-k", "3"], "--top-k: compare uses each model's saved"),
     (["evaluate", "--features", "inception"], "--features inception needs --inception-weights"),
 ])

@@ -288,7 +288,7 @@ def test_command_writes_the_same_dataset_as_the_function(model_dir, tmp_path, ca
     (["--prompts", "held-out"], "error: class_prompts needs a text-conditional pipeline"),
     (["--sampler", "nope"], "error: unknown sampler 'nope'"),
     (["--top-k", "5"], "error: --top-k: only autoregressive pipelines take this"),
-    (["--per-class", "0"], "error: --per-class, --steps and --batch-size must be >= 1"),
+    (["--per-class", "0"], "error: --per-class must be >= 1, got 0"),
 ])
 def test_command_errors_are_clear(model_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
