@@ -47,7 +47,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from diffusion.hardware import hardware_description
-from diffusion.pipelines.base import generators_from_seeds
+from diffusion.pipelines.base import (SHOWN_INDICES, NonFiniteImagesError,
+                                      generators_from_seeds)
 
 SCHEME_VERSION = 1  # bump when the image -> (class, seed) assignment changes
 
@@ -229,6 +230,20 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
         raise
 
 
+def _nonfinite_in_run(error: NonFiniteImagesError, offset: int, lo: int, hi: int, seed: int
+                      ) -> NonFiniteImagesError:
+    """``error`` (raised by a pipeline call for the batch of run images ``offset, offset + 1,
+    ...``) restated for the run: its message plus the run's image indices and their seeds, and
+    that the shard of images ``lo..hi-1`` was not cached; ``indices`` are the run's."""
+    run = [offset + i for i in error.indices]
+    more = f" ... (+{len(run) - SHOWN_INDICES} more)" if len(run) > SHOWN_INDICES else ""
+    return NonFiniteImagesError(
+        f"{error} In this run: images {run[:SHOWN_INDICES]}{more} (seeds "
+        f"{[seed + i for i in run[:SHOWN_INDICES]]}{more}) of the shard of images {lo}..{hi - 1}, "
+        f"none of which was cached (shards before it are kept).",
+        indices=run, num_images=error.num_images, pipeline=error.pipeline, stage=error.stage)
+
+
 def _generate_shard(pipe, lo: int, hi: int, k: Optional[int], seed: int, batch_size: int,
                     call_kwargs: Mapping[str, Any], autocast_dtype, class_prompts=None) -> dict:
     device_type = pipe.device.type
@@ -239,11 +254,15 @@ def _generate_shard(pipe, lo: int, hi: int, k: Optional[int], seed: int, batch_s
         b_hi = min(hi, b_lo + batch_size)
         kwargs = {**call_kwargs, **image_conditions(b_lo, b_hi, k, class_prompts)}
         with ctx, torch.no_grad():
-            out = pipe(output_type="pt", return_dict=True,
-                       generator=generators_from_seeds(range(seed + b_lo, seed + b_hi)),
-                       **kwargs)
+            try:
+                out = pipe(output_type="pt", return_dict=True,
+                           generator=generators_from_seeds(range(seed + b_lo, seed + b_hi)),
+                           **kwargs)
+            except NonFiniteImagesError as error:
+                raise _nonfinite_in_run(error, b_lo, lo, hi, seed) from error
         nfe = int(getattr(out, "nfe", 0))
-        images.append((out.images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+        x = torch.nan_to_num(out.images.float(), nan=0.0)  # only with on_nonfinite="flag"
+        images.append((x.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     seconds = time.perf_counter() - start
     x = torch.cat(images).numpy()
     labels = (np.arange(lo, hi) % k).astype(np.int64) if k is not None else np.zeros(0, np.int64)
@@ -278,6 +297,10 @@ def iter_sample_shards(pipe, num_samples: int, *, call_kwargs: Optional[Mapping[
     Raises:
         ValueError: ``num_samples``, ``batch_size`` or ``shard_size`` < 1; several processes
             without ``cache_dir``.
+        NonFiniteImagesError: a generated image holds NaN or inf (unless ``call_kwargs`` has
+            ``on_nonfinite="flag"``, whose flagged images are stored as black pixels where NaN):
+            the pipeline's message plus the run's image indices and seeds; the shard is not
+            written, earlier shards stay cached.
     """
     call_kwargs = dict(call_kwargs or {})
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size),

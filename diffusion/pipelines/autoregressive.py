@@ -34,6 +34,10 @@ from diffusion.pipelines.base import (ImagePipeline, check_class_inputs, check_c
 from samplers.checks import check_number
 from samplers.decoding import decode
 
+#: where the family's non-finite images come from (named by NonFiniteImagesError): token ids are
+#: integers, so only the decoder can make NaN/inf
+NONFINITE_STAGE = "the VQ-VAE decode (no sampler: the prior's tokens are decoded in one pass)"
+
 #: decoding settings of a pipeline without a saved ``decoding`` config (plain ancestral sampling)
 DEFAULT_DECODING = {"temperature": 1.0, "top_k": None, "top_p": None, "guidance_scale": 1.0}
 
@@ -81,7 +85,8 @@ class AutoregressivePipeline(ImagePipeline):
         return self.prior.config.num_classes
 
     def check_inputs(self, class_labels, prompt, num_images_per_prompt, generator, temperature,
-                     top_k, top_p, num_beams, guidance_scale, output_type) -> Optional[torch.Tensor]:
+                     top_k, top_p, num_beams, guidance_scale, output_type, on_nonfinite="raise",
+                     return_dict=True) -> Optional[torch.Tensor]:
         """Validate the pipeline's own arguments before any model work (the decoding arguments
         are checked again by :func:`samplers.decoding.decode`); return labels per image.
 
@@ -89,7 +94,7 @@ class AutoregressivePipeline(ImagePipeline):
             ValueError: with the value given and what is allowed.
         """
         labels, batch = check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
-                                           self.num_classes)
+                                           self.num_classes, on_nonfinite, return_dict)
         check_number("guidance_scale", guidance_scale, low=0)
         if guidance_scale != 1 and self.num_classes is None:
             raise ValueError("guidance needs a class-conditional prior (guidance_scale=1 here)")
@@ -112,6 +117,7 @@ class AutoregressivePipeline(ImagePipeline):
         do_sample: bool = True,
         output_type: str = "pil",
         return_dict: bool = True,
+        on_nonfinite: str = "raise",
     ):
         """Draw token grids from the prior and decode them to images.
 
@@ -136,6 +142,10 @@ class AutoregressivePipeline(ImagePipeline):
             use_cache: reuse keys/values of earlier tokens (same tokens, ~N times fewer FLOPs).
             do_sample: ``False``: greedy (argmax) decoding.
             output_type: ``"pil"``, ``"np"`` (uint8 NHWC) or ``"pt"`` (float NCHW in [0, 1]).
+            on_nonfinite: ``"raise"`` (default): images holding NaN or inf raise
+                :class:`~diffusion.pipelines.base.NonFiniteImagesError`; ``"flag"``: return them,
+                their indices in ``nonfinite`` (``"pt"`` keeps NaN, ``"np"`` / ``"pil"`` show it as
+                0; needs ``return_dict=True``).
 
         Returns:
             :class:`~diffusion.pipelines.base.GenerationOutput` (``images``, ``nfe`` = prior forwards),
@@ -143,6 +153,8 @@ class AutoregressivePipeline(ImagePipeline):
 
         Raises:
             ValueError: invalid argument (before any network work).
+            NonFiniteImagesError: some image holds NaN or inf (with ``on_nonfinite="raise"``); the
+                message names the VQ-VAE decode and the affected images of the batch.
         """
         s = self.decoding_settings(temperature=temperature, top_k=top_k, top_p=top_p,
                                    guidance_scale=guidance_scale)
@@ -150,7 +162,8 @@ class AutoregressivePipeline(ImagePipeline):
         top_k = None if s["top_k"] in (None, 0) else s["top_k"]
         top_p = None if s["top_p"] in (None, 1.0) else s["top_p"]
         labels = self.check_inputs(class_labels, prompt, num_images_per_prompt, generator,
-                                   temperature, top_k, top_p, num_beams, guidance_scale, output_type)
+                                   temperature, top_k, top_p, num_beams, guidance_scale, output_type,
+                                   on_nonfinite, return_dict)
         batch = num_images_per_prompt if labels is None else len(labels)
         device = self._execution_device
         prefix = self.prior.prefix_ids(labels, batch).to(device)
@@ -161,4 +174,6 @@ class AutoregressivePipeline(ImagePipeline):
                          guidance_scale=guidance_scale, null_prefix=null_prefix,
                          generator=generator, use_cache=use_cache)
             images = self.vqvae.decode_tokens(out.sequences)
-        return self.finish(images, output_type, out.nfe, return_dict)
+        return self.finish(images, output_type, out.nfe, return_dict, on_nonfinite,
+                           stage=NONFINITE_STAGE,
+                           hint="Check the VQ-VAE codebook and decoder weights for NaN/inf")

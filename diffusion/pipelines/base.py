@@ -4,11 +4,14 @@ Every pipeline subclasses :class:`ImagePipeline` (a ``diffusers.DiffusionPipelin
 one call signature::
 
     pipe(class_labels=None, prompt=None, num_images_per_prompt=1, generator=None,
-         output_type="pil" | "np" | "pt", return_dict=True, **family_specific)
+         output_type="pil" | "np" | "pt", return_dict=True, on_nonfinite="raise" | "flag",
+         **family_specific)
 
-and returns :class:`GenerationOutput` (``images``, ``nfe``). This module holds what that contract
-is made of: the output dataclass and :func:`to_output` (float ``(N, C, H, W)`` in [-1, 1] -> PIL /
-uint8 NHWC / float [0, 1]), the input checks every ``check_inputs`` calls before any network work,
+and returns :class:`GenerationOutput` (``images``, ``nfe``, ``nonfinite``). This module holds what
+that contract is made of: the output dataclass and :func:`to_output` (float ``(N, C, H, W)`` in
+[-1, 1] -> PIL / uint8 NHWC / float [0, 1]), the non-finite image check every call ends with
+(:class:`NonFiniteImagesError`, :func:`nonfinite_indices`), the input checks every
+``check_inputs`` calls before any network work,
 class ids by id or name (:meth:`ImagePipeline.class_id`), :func:`generators_from_seeds` (one
 generator per image, so an image does not depend on its batch) and :func:`eval_mode`.
 ``tests/contract/`` runs the contract over every shipped family.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import importlib
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -36,25 +39,99 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
+from diffusion._deprecated import MOVED, warn_old_folder
+
 from samplers.checks import check_int
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+
+#: what a call does with images holding NaN or inf: raise :class:`NonFiniteImagesError`
+#: (default) or return them with their indices in ``GenerationOutput.nonfinite``
+ON_NONFINITE = ("raise", "flag")
+
+#: affected image indices an error message lists before "... (+k more)"
+SHOWN_INDICES = 10
 
 
 @dataclass
 class GenerationOutput(ImagePipelineOutput):
     """``images`` (list of PIL images, uint8 ``(N, H, W, C)`` array, or float ``(N, C, H, W)``
-    tensor in [0, 1]) and ``nfe``: the number of network forward calls made (a guided step whose
-    conditional and null rows share one batched forward counts once; Heun counts two per step)."""
+    tensor in [0, 1]), ``nfe``: the number of network forward calls made (a guided step whose
+    conditional and null rows share one batched forward counts once; Heun counts two per step),
+    and ``nonfinite``: the indices of the images that held NaN or inf (always ``[]`` unless the
+    call passed ``on_nonfinite="flag"``; see :meth:`ImagePipeline.finish`)."""
 
     nfe: int = 0
+    nonfinite: List[int] = field(default_factory=list)
+
+
+class NonFiniteImagesError(FloatingPointError):
+    """Generated images hold NaN or inf (a NaN in the latents or the weights, a diverging
+    sampler). Raised by every pipeline's call (:meth:`ImagePipeline.finish`) unless it passes
+    ``on_nonfinite="flag"``; the message names the pipeline, the sampler or stage, the first
+    denoising step where a sampler is involved, how many of the images are affected and which.
+
+    Attributes:
+        indices: affected image indices in the call's batch (sorted).
+        num_images: images in the call.
+        pipeline: the pipeline's class name.
+        stage: where the values came from, e.g. ``"sampler 'ddpm': first at denoising step 2
+            ..."`` or ``"the generator forward ..."``.
+
+    Example::
+
+        >>> import torch
+        >>> from diffusion.models.gan import ConditionalGenerator
+        >>> from diffusion.pipelines.base import NonFiniteImagesError
+        >>> from diffusion.pipelines.gan import GANPipeline
+        >>> pipe = GANPipeline(ConditionalGenerator(latent_dim=4, num_classes=2, channels=(8, 4)))
+        >>> z = torch.zeros(3, 4)
+        >>> z[1, 0] = float("nan")
+        >>> try:
+        ...     pipe(class_labels=[0, 1, 0], latents=z, output_type="np")
+        ... except NonFiniteImagesError as e:
+        ...     print(e.indices, str(e)[:71])
+        [1] GANPipeline: non-finite values (NaN/inf) in 1 of 3 images (indices [1])
+        >>> pipe(class_labels=[0, 1, 0], latents=z, output_type="np", on_nonfinite="flag").nonfinite
+        [1]
+    """
+
+    def __init__(self, message: str, indices: Sequence[int] = (), num_images: int = 0,
+                 pipeline: str = "", stage: str = ""):
+        super().__init__(message)  # defaults: unpickles from (message,) plus __dict__
+        self.indices = list(indices)
+        self.num_images = num_images
+        self.pipeline = pipeline
+        self.stage = stage
+
+
+def nonfinite_indices(images: torch.Tensor) -> List[int]:
+    """Indices ``i`` of the images ``images[i]`` (any ``(N, ...)`` tensor) holding a NaN or inf."""
+    return torch.nonzero(~torch.isfinite(images).flatten(1).all(dim=1)).flatten().tolist()
+
+
+def nonfinite_message(pipeline: str, indices: Sequence[int], num_images: int, stage: str,
+                      hint: str) -> str:
+    """The :class:`NonFiniteImagesError` message: pipeline, count of ``num_images``, the first
+    :data:`SHOWN_INDICES` indices, ``stage``, ``hint`` and the opt-out."""
+    shown = list(indices[:SHOWN_INDICES])
+    more = f" ... (+{len(indices) - len(shown)} more)" if len(indices) > len(shown) else ""
+    return (f"{pipeline}: non-finite values (NaN/inf) in {len(indices)} of {num_images} images "
+            f"(indices {shown}{more}), from {stage}. {hint}; or pass on_nonfinite='flag' to get "
+            f"the images back with these indices in GenerationOutput.nonfinite.")
 
 
 def to_output(images: torch.Tensor, output_type: str):
-    """Float ``(N, C, H, W)`` in [-1, 1] -> PIL list, uint8 NHWC numpy, or float [0, 1] tensor."""
+    """Float ``(N, C, H, W)`` in [-1, 1] -> PIL list, uint8 NHWC numpy, or float [0, 1] tensor.
+
+    Values outside [-1, 1] (inf included) saturate; NaN stays NaN in ``"pt"`` and becomes 0
+    (black) in ``"np"`` / ``"pil"``, where uint8 has no NaN (see :meth:`ImagePipeline.finish`,
+    which refuses such images unless asked to flag them).
+    """
     images = (images.float() / 2 + 0.5).clamp(0, 1)
     if output_type == "pt":
         return images.cpu()
+    images = torch.nan_to_num(images, nan=0.0)  # only NaN is left after the clamp; uint8 has none
     array = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     if output_type == "np":
         return array
@@ -127,30 +204,40 @@ def normalize_prompts(prompt, name: str = "prompt") -> Optional[List[str]]:
     return list(prompt)
 
 
-def check_num_images_and_output_type(num_images_per_prompt, output_type) -> None:
-    """Shared by every pipeline's ``check_inputs``.
+def check_num_images_and_output_type(num_images_per_prompt, output_type,
+                                     on_nonfinite="raise", return_dict=True) -> None:
+    """Shared by every pipeline's ``check_inputs``: the image count and the output arguments.
 
     Raises:
-        ValueError: ``num_images_per_prompt`` not an int >= 1, or an unknown ``output_type``.
+        ValueError: ``num_images_per_prompt`` not an int >= 1, an unknown ``output_type`` or
+            ``on_nonfinite``, or ``on_nonfinite="flag"`` with ``return_dict=False`` (the tuple
+            has no place for the flags, which would be lost silently).
     """
     check_int("num_images_per_prompt", num_images_per_prompt)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if not isinstance(on_nonfinite, str) or on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+    if on_nonfinite == "flag" and not return_dict:
+        raise ValueError("on_nonfinite='flag' returns the affected indices in "
+                         "GenerationOutput.nonfinite: use return_dict=True")
 
 
 def check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
-                       num_classes: Optional[int]) -> Tuple[Optional[torch.Tensor], int]:
+                       num_classes: Optional[int], on_nonfinite="raise", return_dict=True
+                       ) -> Tuple[Optional[torch.Tensor], int]:
     """The checks shared by the class-conditional pipelines without a text encoder (GAN,
     autoregressive): no ``prompt``, :func:`check_num_images_and_output_type`, and the labels
     repeated per image. Returns ``(labels per image or None, batch size)``.
 
     Raises:
-        ValueError: a prompt, or a bad count, output type or label (see
+        ValueError: a prompt, or a bad count, output argument or label (see
             :func:`normalize_class_labels`).
     """
     if prompt is not None:
         raise ValueError("this pipeline has no text encoder: use class_labels, not prompt")
-    check_num_images_and_output_type(num_images_per_prompt, output_type)
+    check_num_images_and_output_type(num_images_per_prompt, output_type, on_nonfinite,
+                                     return_dict)
     labels = normalize_class_labels(class_labels, num_classes)
     if labels is not None:
         labels = labels.repeat_interleave(num_images_per_prompt)
@@ -235,6 +322,9 @@ def import_component_modules(folder: Union[str, Path]) -> List[str]:
                     and entry[0].split(".")[0] in OWN_PACKAGES})
     for name in names:
         importlib.import_module(name)
+    old = [name for name in names if name in MOVED]
+    if old:
+        warn_old_folder(folder, old)
     return names
 
 
@@ -271,12 +361,34 @@ class ImagePipeline(DiffusionPipeline):
                              f" or names {self.config.class_names}")
         return names.index(key)
 
-    def finish(self, images: torch.Tensor, output_type: str, nfe: int, return_dict: bool = True):
-        """The shared end of every ``__call__``: float ``(N, C, H, W)`` images in [-1, 1] ->
-        ``output_type`` (:func:`to_output`), offload hooks released, and
-        :class:`GenerationOutput` (or ``(images,)`` if not ``return_dict``)."""
+    def finish(self, images: torch.Tensor, output_type: str, nfe: int, return_dict: bool = True,
+               on_nonfinite: str = "raise", stage: str = "the network forward",
+               hint: str = "Check the inputs and the model weights for NaN/inf"):
+        """The shared end of every ``__call__``: the non-finite check, float ``(N, C, H, W)``
+        images in [-1, 1] -> ``output_type`` (:func:`to_output`), offload hooks released, and
+        :class:`GenerationOutput` (or ``(images,)`` if not ``return_dict``).
+
+        Images holding NaN or inf (counted per image, before the conversion, whose clamp would
+        hide an inf and whose uint8 cast would turn NaN into black) raise
+        :class:`NonFiniteImagesError` naming this class, ``stage`` (the sampler and first bad step,
+        or the network that made the images), how many of the N images and which, and ``hint``
+        (what to try). With ``on_nonfinite="flag"`` they are returned instead, their indices in
+        ``GenerationOutput.nonfinite``: ``"pt"`` keeps NaN (inf saturates to 0 / 1 like any value
+        outside [-1, 1]); ``"np"`` / ``"pil"`` show NaN pixels as 0. Finite images convert exactly
+        as without the check.
+
+        Raises:
+            NonFiniteImagesError: some image holds NaN or inf and ``on_nonfinite == "raise"``.
+        """
+        nonfinite = nonfinite_indices(images)
+        if nonfinite and on_nonfinite != "flag":
+            self.maybe_free_model_hooks()
+            name = type(self).__name__
+            raise NonFiniteImagesError(
+                nonfinite_message(name, nonfinite, len(images), stage, hint),
+                indices=nonfinite, num_images=len(images), pipeline=name, stage=stage)
         images = to_output(images, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
-        return GenerationOutput(images=images, nfe=nfe)
+        return GenerationOutput(images=images, nfe=nfe, nonfinite=nonfinite)

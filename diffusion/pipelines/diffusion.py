@@ -39,7 +39,25 @@ from diffusion.pipelines.base import (ImagePipeline, check_class_names, check_ge
                                       check_num_images_and_output_type, normalize_class_labels,
                                       normalize_prompts)
 from samplers.checks import check_int, check_number
-from samplers.diffusion import build_sampler, list_samplers
+from samplers.diffusion import build_sampler, list_samplers, sampler_name
+
+
+def denoising_stage(scheduler, first_nonfinite: torch.Tensor) -> str:
+    """Where a diffusion call's non-finite values came from, for
+    :class:`~diffusion.pipelines.base.NonFiniteImagesError`: the sampler's name
+    (:func:`samplers.sampler_name`) and the first denoising step index (of
+    ``len(scheduler.timesteps)``) after which any image's latents held NaN/inf, with its timestep.
+    ``first_nonfinite``: int ``(B,)``, that step per image (-1: finite throughout)."""
+    name = sampler_name(scheduler) or type(scheduler).__name__  # a scheduler of no registry
+    hit = first_nonfinite[first_nonfinite >= 0]
+    if not hit.numel():
+        return f"sampler {name!r}"
+    step, timesteps = int(hit.min()), scheduler.timesteps
+    t = timesteps[step]
+    t = t.item() if isinstance(t, torch.Tensor) else t
+    t = int(t) if float(t).is_integer() else round(float(t), 4)
+    return (f"sampler {name!r}: first at denoising step {step} (of steps 0..{len(timesteps) - 1}, "
+            f"timestep {t})")
 
 
 class DiffusionImagePipeline(ImagePipeline):
@@ -225,7 +243,8 @@ class DiffusionImagePipeline(ImagePipeline):
 
     def check_inputs(self, class_labels, prompt, num_images_per_prompt, num_inference_steps,
                      guidance_scale, eta, generator, latents, output_type, sampler, height,
-                     width, callback_on_step_end_tensor_inputs=("latents",), negative_prompt=None):
+                     width, callback_on_step_end_tensor_inputs=("latents",), negative_prompt=None,
+                     on_nonfinite="raise", return_dict=True):
         """Validate every argument before any model work.
 
         Returns:
@@ -238,7 +257,8 @@ class DiffusionImagePipeline(ImagePipeline):
         """
         labels, prompts, negatives = self._conditions(class_labels, prompt, negative_prompt)
 
-        check_num_images_and_output_type(num_images_per_prompt, output_type)
+        check_num_images_and_output_type(num_images_per_prompt, output_type, on_nonfinite,
+                                         return_dict)
         check_int("num_inference_steps", num_inference_steps)
         if num_inference_steps > self.scheduler.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be <= num_train_timesteps "
@@ -281,6 +301,7 @@ class DiffusionImagePipeline(ImagePipeline):
         callback_on_step_end: Optional[Callable[..., dict]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         negative_prompt: Union[str, List[str], None] = None,
+        on_nonfinite: str = "raise",
     ):
         """Generate images.
 
@@ -310,19 +331,28 @@ class DiffusionImagePipeline(ImagePipeline):
             height, width: image size (default: the U-Net's ``sample_size``).
             callback_on_step_end: ``f(pipe, i, t, tensors) -> dict`` after each step; may replace
                 ``latents`` by returning it in the dict.
+            on_nonfinite: ``"raise"`` (default): images holding NaN or inf raise
+                :class:`~diffusion.pipelines.base.NonFiniteImagesError`; ``"flag"``: return them,
+                their indices in ``nonfinite`` (``"pt"`` keeps NaN, ``"np"`` / ``"pil"`` show it as
+                0; needs ``return_dict=True``).
 
         Returns:
-            :class:`~diffusion.pipelines.base.GenerationOutput` (``images``, ``nfe``), or ``(images,)`` if not ``return_dict``.
+            :class:`~diffusion.pipelines.base.GenerationOutput` (``images``, ``nfe``,
+            ``nonfinite``), or ``(images,)`` if not ``return_dict``.
 
         Raises:
             ValueError: invalid argument (before any denoising).
+            NonFiniteImagesError: some image holds NaN or inf (with ``on_nonfinite="raise"``); the
+                message names the sampler, the first denoising step index at which the latents
+                held NaN/inf (after that step's update: a NaN in the initial ``latents`` shows at
+                step 0), and the affected images of the batch.
         """
         height = self.unet.config.sample_size if height is None else height
         width = self.unet.config.sample_size if width is None else width
         labels, prompts, negatives = self.check_inputs(
             class_labels, prompt, num_images_per_prompt, num_inference_steps, guidance_scale, eta,
             generator, latents, output_type, sampler, height, width,
-            callback_on_step_end_tensor_inputs, negative_prompt)
+            callback_on_step_end_tensor_inputs, negative_prompt, on_nonfinite, return_dict)
         device, dtype = self._execution_device, self.unet.dtype
         batch = len(prompts) if prompts is not None else \
             num_images_per_prompt if labels is None else len(labels)
@@ -354,9 +384,11 @@ class DiffusionImagePipeline(ImagePipeline):
         accepted = set(inspect.signature(scheduler.step).parameters)
         step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
 
-        # 3. Denoising loop.
+        # 3. Denoising loop. first_nonfinite[b]: the first step after which image b's latents held
+        #    NaN/inf (-1: none yet); kept on the device, so the check costs no host sync per step.
         nfe = 0
         timesteps = scheduler.timesteps
+        first_nonfinite = torch.full((batch,), -1, dtype=torch.long, device=device)
         for i, t in enumerate(self.progress_bar(timesteps)):
             x_in = torch.cat([latents, latents]) if guided else latents
             x_in = scheduler.scale_model_input(x_in, t)
@@ -370,5 +402,10 @@ class DiffusionImagePipeline(ImagePipeline):
                 available = {"latents": latents, "model_output": model_output}
                 tensors = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                 latents = callback_on_step_end(self, i, t, tensors).get("latents", latents)
+            bad = ~torch.isfinite(latents).flatten(1).all(dim=1)            # (B,)
+            first_nonfinite = torch.where(bad & (first_nonfinite < 0), i, first_nonfinite)
 
-        return self.finish(latents, output_type, nfe, return_dict)
+        return self.finish(latents, output_type, nfe, return_dict, on_nonfinite,
+                           stage=denoising_stage(scheduler, first_nonfinite),
+                           hint="Try another sampler or number of steps, and check the latents "
+                                "and the U-Net weights for NaN/inf")

@@ -25,6 +25,9 @@ from diffusion.pipelines.base import (ImagePipeline, check_class_inputs, check_c
                                       check_generators_and_latents, eval_mode)
 from samplers.checks import check_number
 
+#: where a GAN's non-finite images come from (named by NonFiniteImagesError)
+NONFINITE_STAGE = "the generator forward (a GAN has no sampler: one forward makes the images)"
+
 #: smallest latent truncation threshold accepted (rejection resampling needs ~1 / P(|z| < t)
 #: rounds: about 125 at t = 0.01)
 MIN_TRUNCATION = 0.01
@@ -76,14 +79,15 @@ class GANPipeline(ImagePipeline):
         return self.generator_model.config.num_classes
 
     def check_inputs(self, class_labels, prompt, num_images_per_prompt, generator, latents,
-                     truncation, output_type) -> Optional[torch.Tensor]:
+                     truncation, output_type, on_nonfinite="raise", return_dict=True
+                     ) -> Optional[torch.Tensor]:
         """Validate every argument before any model work; return labels per image (or None).
 
         Raises:
             ValueError: with the value given and what is allowed.
         """
         labels, batch = check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
-                                           self.num_classes)
+                                           self.num_classes, on_nonfinite, return_dict)
         check_number("truncation", truncation, low=MIN_TRUNCATION, allow_none=True)
         if truncation is not None and latents is not None:
             raise ValueError("truncation applies to drawn latents: pass latents or truncation, "
@@ -103,6 +107,7 @@ class GANPipeline(ImagePipeline):
         truncation: Optional[float] = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        on_nonfinite: str = "raise",
     ):
         """Generate images with one generator forward.
 
@@ -119,15 +124,21 @@ class GANPipeline(ImagePipeline):
                 with ``|z_i| > t`` are resampled (Brock et al. 2019, sec. 3.1; see
                 :func:`draw_latents`). Smaller ``t``: less variety, typically higher fidelity.
             output_type: ``"pil"``, ``"np"`` (uint8 NHWC) or ``"pt"`` (float NCHW in [0, 1]).
+            on_nonfinite: ``"raise"`` (default): images holding NaN or inf raise
+                :class:`~diffusion.pipelines.base.NonFiniteImagesError`; ``"flag"``: return them,
+                their indices in ``nonfinite`` (``"pt"`` keeps NaN, ``"np"`` / ``"pil"`` show it as
+                0; needs ``return_dict=True``).
 
         Returns:
             :class:`~diffusion.pipelines.base.GenerationOutput` (``images``, ``nfe=1``), or ``(images,)`` if not ``return_dict``.
 
         Raises:
             ValueError: invalid argument (before any network work).
+            NonFiniteImagesError: some image holds NaN or inf (with ``on_nonfinite="raise"``); the
+                message names the generator forward and the affected images of the batch.
         """
         labels = self.check_inputs(class_labels, prompt, num_images_per_prompt, generator, latents,
-                                   truncation, output_type)
+                                   truncation, output_type, on_nonfinite, return_dict)
         g_model = self.generator_model
         device, dtype = self._execution_device, g_model.dtype
         batch = num_images_per_prompt if labels is None else len(labels)
@@ -136,5 +147,7 @@ class GANPipeline(ImagePipeline):
         latents = latents.to(device=device, dtype=dtype)
         with eval_mode(g_model):  # BatchNorm running statistics: an image does not depend on its batch
             images = g_model(latents, None if labels is None else labels.to(device))
-        return self.finish(images, output_type, nfe=1, return_dict=return_dict)
+        return self.finish(images, output_type, nfe=1, return_dict=return_dict,
+                           on_nonfinite=on_nonfinite, stage=NONFINITE_STAGE,
+                           hint="Check the latents and the generator weights for NaN/inf")
 

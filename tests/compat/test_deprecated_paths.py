@@ -82,6 +82,10 @@ def test_legacy_folder_names_old_modules_and_loads_with_a_warning(family):
         pipe = load_pipeline(folder)
     messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
     assert all(any(m.startswith(name + " moved to") for m in messages) for name in old_modules), messages
+    # shown by default (a FutureWarning), naming the folder, the moved modules and the fix
+    told = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert len(told) == 1 and str(folder) in told[0] and "save_pretrained" in told[0], told
+    assert all(name in told[0] for name in old_modules), told
     assert type(pipe).__module__.startswith("diffusion.pipelines.")
 
 

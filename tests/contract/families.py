@@ -4,8 +4,8 @@ test over every family with no per-family branch.
 
 A :class:`Family` says how to build its tiny pipeline (CPU, milliseconds to build and call), which
 call argument carries its conditions and which values it takes, its cheap family-specific call
-arguments, the NFE such a call reports, its image shape and class table, and the shipped folder it
-stands for. What a family does not take (a prompt for a class family, class labels for a text
+arguments, the NFE such a call reports, its image shape and class table, the shipped folder it
+stands for, and how to make chosen images of a call non-finite (with the stage the error names). What a family does not take (a prompt for a class family, class labels for a text
 U-Net without a class table) follows from :attr:`Family.takes`; no test names a family.
 
 Adding a family: add one entry to :data:`FAMILIES` (``test_every_shipped_family_is_in_the_table``
@@ -18,7 +18,7 @@ import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Tuple
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 from diffusers import DDPMScheduler
@@ -56,6 +56,10 @@ class Family:
     must be (``None`` / ``()`` without a class table). ``nfe``: the ``nfe`` a call with
     ``call_kwargs`` reports. ``image_shape``: ``(C, H, W)`` of one image. ``shipped``: the folder in
     ``diffusion/weights/`` this tiny pipeline stands for (same pipeline and network classes).
+    ``inject_nan(pipe, n, indices)``: makes images ``indices`` of a call of ``n`` images hold NaN,
+    by returning call kwargs (e.g. ``latents``) and/or corrupting ``pipe``; ``nonfinite_stage``:
+    the text the :class:`~diffusion.pipelines.base.NonFiniteImagesError` message must then hold
+    (the sampler and step, or the network stage).
     """
 
     name: str
@@ -69,6 +73,8 @@ class Family:
     num_classes: Optional[int] = None
     class_names: Tuple[str, ...] = ()
     shipped: str = ""
+    inject_nan: Optional[Callable[[ImagePipeline, int, Sequence[int]], dict]] = None
+    nonfinite_stage: str = ""
 
     def conditions(self, k: int) -> dict:
         """Conditioning kwargs for ``k`` conditions, e.g. ``{"class_labels": [0, 1]}``."""
@@ -145,19 +151,56 @@ def autoregressive_pipe() -> AutoregressivePipeline:
     return pipe
 
 
+def nan_latents(shape: Tuple[int, ...], indices: Sequence[int]) -> torch.Tensor:
+    """Seeded ``N(0, I)`` latents of ``shape`` with one NaN in each row of ``indices``."""
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    latents.view(shape[0], -1)[list(indices), 0] = float("nan")
+    return latents
+
+
+def nan_in_unet_latents(pipe, n: int, indices: Sequence[int]) -> dict:
+    """``latents`` ``(n, C, S, S)`` of the U-Net's size with a NaN pixel in images ``indices``."""
+    c = pipe.unet.config
+    return {"latents": nan_latents((n, c.in_channels, c.sample_size, c.sample_size), indices)}
+
+
+def nan_in_generator_latents(pipe, n: int, indices: Sequence[int]) -> dict:
+    """GAN ``latents`` ``(n, latent_dim)`` with a NaN component in rows ``indices``."""
+    return {"latents": nan_latents((n, pipe.generator_model.config.latent_dim), indices)}
+
+
+def nan_from_vqvae_decoder(pipe, n: int, indices: Sequence[int]) -> dict:
+    """A forward hook on the VQ-VAE decoder sets images ``indices`` of its output to NaN (as
+    NaN weights in the decoder would); tokens are integers, so nothing earlier can be NaN."""
+    rows = list(indices)
+
+    def hook(_module, _args, output):
+        output[rows] = float("nan")
+        return output
+
+    pipe.vqvae.decoder.register_forward_hook(hook)
+    return {}
+
+
 FAMILIES = [
     Family("diffusion", diffusion_pipe, "class_labels", (0, 1, 2), frozenset({"class_labels"}),
            call_kwargs={"num_inference_steps": 2}, nfe=2,   # guided: one batched forward a step
-           num_classes=3, class_names=CLASS_NAMES, shipped="fashion-mnist-diffusion"),
+           num_classes=3, class_names=CLASS_NAMES, shipped="fashion-mnist-diffusion",
+           inject_nan=nan_in_unet_latents,
+           nonfinite_stage="sampler 'ddpm': first at denoising step 0 (of steps 0..1"),
     Family("text", text_pipe, "prompt", PROMPTS, frozenset({"prompt"}),
-           call_kwargs={"num_inference_steps": 2}, nfe=2, shipped="fashion-mnist-text"),
+           call_kwargs={"num_inference_steps": 2}, nfe=2, shipped="fashion-mnist-text",
+           inject_nan=nan_in_unet_latents,
+           nonfinite_stage="sampler 'ddpm': first at denoising step 0 (of steps 0..1"),
     Family("gan", gan_pipe, "class_labels", (0, 1, 2), frozenset({"class_labels"}), nfe=1,
            image_shape=(1, 16, 16), num_classes=3, class_names=CLASS_NAMES,
-           shipped="fashion-mnist-gan"),
+           shipped="fashion-mnist-gan", inject_nan=nan_in_generator_latents,
+           nonfinite_stage="the generator forward"),
     Family("autoregressive", autoregressive_pipe, "class_labels", (0, 1, 2),
            frozenset({"class_labels"}), nfe=16,                # one prior forward per token (4x4)
            image_shape=(1, 16, 16), num_classes=3, class_names=CLASS_NAMES,
-           shipped="fashion-mnist-ar"),
+           shipped="fashion-mnist-ar", inject_nan=nan_from_vqvae_decoder,
+           nonfinite_stage="the VQ-VAE decode"),
 ]
 
 

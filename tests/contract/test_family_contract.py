@@ -1,7 +1,8 @@
 """The pipeline contract (DESIGN.md "Contracts"; ``diffusion/pipelines/base.py``) run over
 every family of ``families.FAMILIES``, with no per-family branch: seeding, batch invariance,
 save / load, output types, ``num_images_per_prompt``, the bad-argument catalogue (refused by
-name before any network forward), and class ids.
+name before any network forward), class ids, and non-finite images (raised with the pipeline,
+stage and affected images named, or returned flagged on request).
 
 What a family does not take (a prompt for a class family, class labels for a text U-Net without
 a class table) comes from its table entry, so the catalogues below are built from data.
@@ -10,7 +11,9 @@ a class table) comes from its table entry, so the catalogues below are built fro
 from __future__ import annotations
 
 import json
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ import torch
 from PIL import Image
 
 from families import FAMILIES, WEIGHTS, Family, forward_calls, networks
-from diffusion.pipelines.base import ImagePipeline, generators_from_seeds
+from diffusion.pipelines.base import ImagePipeline, NonFiniteImagesError, generators_from_seeds
 from diffusion.pipelines.loading import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -247,6 +250,10 @@ def bad_cases(f: Family) -> list:
                                          "generator": seeds(2)}, "generator"),
         (f"no-{f.condition}", {}, f.condition),   # every family in the table is conditional
     ]
+    cases += [(f"on_nonfinite={v!r}", {**two, "on_nonfinite": v}, "on_nonfinite")
+              for v in ("ignore", "RAISE", None, True)]
+    cases += [("on_nonfinite=flag-without-return_dict",   # the tuple would drop the flags
+               {**two, "on_nonfinite": "flag", "return_dict": False}, "on_nonfinite")]
     cases += [(f"foreign-{arg}", {**two, arg: value}, arg)
               for arg, value in f.foreign_conditions().items()]
     cases += [(f"{arg}-{case}", {**two, arg: value}, arg)
@@ -295,3 +302,67 @@ def test_class_id_by_id_and_by_name(family, pipe):
     for bad in (family.num_classes or 0, -1, "no such class", True):
         with pytest.raises(ValueError, match=re.escape(str(bad))):
             pipe.class_id(bad)
+
+
+# --- (7) non-finite images --------------------------------------------------------------------
+
+#: ``(n, indices)``: images of a call made non-finite by the family's ``inject_nan``
+NAN_CASES = [pytest.param(3, [1], id="1-of-3"), pytest.param(4, [0, 3], id="2-of-4")]
+OUTPUT_TYPES = ("pt", "np", "pil")
+
+
+def nan_call(family: Family, pipe, n: int, indices: list) -> dict:
+    """Call kwargs for ``n`` images of which ``indices`` hold NaN (``pipe`` may be corrupted);
+    without ``generator``: pass fresh ones to each call (they advance)."""
+    assert family.inject_nan is not None and family.nonfinite_stage, \
+        f"family {family.name!r}: add inject_nan and nonfinite_stage to its table entry"
+    return dict(family.conditions(n), **family.inject_nan(pipe, n, indices))
+
+
+@pytest.mark.parametrize("output_type", OUTPUT_TYPES)
+@pytest.mark.parametrize("n,indices", NAN_CASES)
+def test_nonfinite_images_raise_naming_pipeline_stage_and_images(family, pipe, n, indices,
+                                                                 output_type):
+    kwargs = nan_call(family, pipe, n, indices)
+    with pytest.raises(NonFiniteImagesError) as info:
+        family(pipe, **kwargs, generator=seeds(n), output_type=output_type)
+    error, message = info.value, str(info.value)
+    assert isinstance(error, FloatingPointError)
+    assert message.startswith(f"{type(pipe).__name__}: ")
+    assert f"in {len(indices)} of {n} images (indices {indices})" in message
+    assert f"from {family.nonfinite_stage}" in message
+    assert "on_nonfinite='flag'" in message                  # and what to do about it
+    assert (error.indices, error.num_images, error.pipeline) == (indices, n, type(pipe).__name__)
+    copy = pickle.loads(pickle.dumps(error))                  # crosses process boundaries intact
+    assert (str(copy), copy.indices, copy.stage) == (message, indices, error.stage)
+
+
+@pytest.mark.parametrize("n,indices", NAN_CASES)
+def test_flag_returns_nonfinite_images_with_their_indices(family, pipe, n, indices):
+    """``pt`` keeps NaN in the flagged images; ``np`` / ``pil`` show it as 0, without a numpy
+    cast warning; the other images are finite and every output type lists the same indices."""
+    kwargs = nan_call(family, pipe, n, indices)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)         # numpy's "invalid value ... cast"
+        out = {t: family(pipe, **kwargs, generator=seeds(n), output_type=t, on_nonfinite="flag")
+               for t in OUTPUT_TYPES}
+    for o in out.values():
+        assert o.nonfinite == indices and o.nfe == family.nfe
+    images = out["pt"].images
+    flagged = ~torch.isfinite(images).flatten(1).all(dim=1)
+    assert torch.nonzero(flagged).flatten().tolist() == indices
+    assert torch.isnan(images[indices]).any()
+    expected = (torch.nan_to_num(images, nan=0.0).permute(0, 2, 3, 1).numpy() * 255).round()
+    np.testing.assert_array_equal(out["np"].images, expected.astype(np.uint8))
+    c, h, w = family.image_shape
+    for image, a in zip(out["pil"].images, out["np"].images):
+        np.testing.assert_array_equal(np.asarray(image).reshape(h, w, c), a)
+
+
+def test_finite_images_have_an_empty_flag_list_and_are_unchanged_by_flag(family, pipe):
+    kw = family.conditions(2)
+    default = family(pipe, **kw, generator=seeds(2), output_type="pt")
+    flag = family(pipe, **kw, generator=seeds(2), output_type="pt", on_nonfinite="flag")
+    assert default.nonfinite == [] and flag.nonfinite == []
+    assert torch.equal(default.images, flag.images)
+    assert family(pipe, **kw, generator=seeds(2), output_type="np").nonfinite == []

@@ -20,7 +20,7 @@ from conftest import (
     seeded_unet,
 )
 from diffusion.pipelines.diffusion import DiffusionImagePipeline
-from diffusion.pipelines.base import GenerationOutput, normalize_class_labels
+from diffusion.pipelines.base import GenerationOutput, NonFiniteImagesError, normalize_class_labels
 from samplers import build_sampler, list_samplers, sampler_spec
 
 SAMPLERS = list_samplers()
@@ -534,6 +534,76 @@ def test_callback_default_tensor_inputs_are_the_latents(stub_pipe):
     run(stub_pipe, class_labels=[2], num_inference_steps=2,
         callback_on_step_end=lambda pipe, i, t, tensors: received.append(tensors) or {})
     assert [set(r) for r in received] == [{"latents"}, {"latents"}]
+
+
+# --- non-finite images (the family-wide checks are in tests/contract/) ----------------------------
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_a_nan_in_one_image_s_latents_names_the_sampler_step_0_and_only_that_image(tiny_pipe,
+                                                                                    name):
+    latents = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    latents[2, 0, 4, 4] = float("nan")
+    with pytest.raises(NonFiniteImagesError) as info:
+        run(tiny_pipe, class_labels=[0, 1, 2], latents=latents, sampler=name,
+            generator=generators(3))
+    scheduler = build_sampler(name, tiny_pipe.scheduler)
+    scheduler.set_timesteps(STEPS)                     # Heun & co. run ~2 loop steps per step
+    assert f"in 1 of 3 images (indices [2]), from sampler {name!r}: first at denoising step 0 " \
+           f"(of steps 0..{len(scheduler.timesteps) - 1}, timestep " in str(info.value)
+    assert info.value.indices == [2]
+
+
+class DivergingUNet(StubUNet):
+    """:class:`StubUNet` whose conditional rows of class ``label`` predict ``inf`` from forward
+    call ``start`` on (with :class:`StubScheduler`, ``x_{t-1}`` is the guided output, so that
+    image's latents diverge at step ``start``)."""
+
+    def __init__(self, label: int, start: int):
+        super().__init__()
+        self.label, self.start = label, start
+
+    def forward(self, sample, timestep, class_labels=None, return_dict=True):
+        out = super().forward(sample, timestep, class_labels, return_dict)
+        if len(self.calls) > self.start:
+            out.sample[class_labels == self.label] = float("inf")
+        return out
+
+
+@pytest.mark.parametrize("start", [0, 2, 3])
+def test_a_diverging_network_names_the_step_it_diverged_at(start):
+    pipe = make_pipe(DivergingUNet(label=1, start=start), StubScheduler())
+    with pytest.raises(NonFiniteImagesError) as info:
+        run(pipe, class_labels=[0, 1, 2, 1], num_inference_steps=4)
+    t = pipe.scheduler.timesteps[start].item()
+    assert str(info.value).startswith(
+        f"DiffusionImagePipeline: non-finite values (NaN/inf) in 2 of 4 images (indices [1, 3]), "
+        f"from sampler 'StubScheduler': first at denoising step {start} (of steps 0..3, "
+        f"timestep {t}). Try another sampler")
+    assert info.value.indices == [1, 3]
+
+
+def test_flag_counts_inf_that_the_output_clamp_would_hide():
+    """The check runs before ``to_output``: an image of ``inf`` is flagged although its ``pt``
+    values saturate to 1."""
+    pipe = make_pipe(DivergingUNet(label=1, start=2), StubScheduler())
+    out = run(pipe, class_labels=[0, 1], num_inference_steps=4, on_nonfinite="flag")
+    assert out.nonfinite == [1]
+    assert torch.equal(out.images[1], torch.ones(1, 8, 8)) and torch.isfinite(out.images).all()
+
+
+def test_latents_a_callback_writes_are_checked_and_only_the_final_images_count(stub_pipe):
+    """Latents are checked after the callback; a NaN the next step overwrites (``StubScheduler``
+    returns the finite model output) leaves finite images, which pass."""
+    def nan_at(step):
+        def callback(pipe, i, t, tensors):
+            nan = torch.full_like(tensors["latents"], float("nan"))
+            return {"latents": nan} if i == step else {}
+        return callback
+
+    with pytest.raises(NonFiniteImagesError, match=r"2 of 2 images \(indices \[0, 1\]\), .* step 2 "):
+        run(stub_pipe, class_labels=[0, 2], num_inference_steps=3, callback_on_step_end=nan_at(2))
+    out = run(stub_pipe, class_labels=[0, 2], num_inference_steps=3, callback_on_step_end=nan_at(1))
+    assert out.nonfinite == [] and torch.isfinite(out.images).all()
 
 
 # --- save / load -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from diffusion.evaluation.features import ClassifierFeatures
 from diffusion.evaluation.real import RealImagesPipeline
 from diffusion.evaluation.sweep import plot_sweep, read_csv, sweep, sweep_plan, write_csv
 from diffusion.data.datasets import TensorImageDataset, fashion_mnist
+from diffusion.pipelines.base import NonFiniteImagesError
 
 PER_CLASS = 30
 
@@ -99,6 +100,22 @@ def test_any_pipeline_with_a_custom_feature_network(tmp_path):
                      num_inference_steps=3, guidance_scale=2.0, feature_network=PixelFeatures(),
                      cache_dir=tmp_path, progress=False)
     assert again["generated"] == 0 and again["fid"] == pytest.approx(r["fid"], abs=1e-9)
+
+
+def test_a_nonfinite_image_stops_evaluate_with_the_error_and_no_score(tmp_path):
+    """A NaN image is not scored as a black one: evaluate raises the pipeline's error."""
+    pipe = make_pipe()
+
+    def nan(_module, _args, output):
+        output.sample.fill_(float("nan"))
+        return output
+
+    pipe.unet.register_forward_hook(nan)
+    real = TensorImageDataset(torch.rand(12, 1, 8, 8) * 2 - 1, torch.arange(12) % 3, ["a", "b", "c"])
+    with pytest.raises(NonFiniteImagesError, match=r"in 4 of 4 images .* from sampler 'ddim'"):
+        evaluate(pipe, real, metrics=["fid"], num_samples=4, sampler="ddim", num_inference_steps=2,
+                 feature_network=PixelFeatures(), cache_dir=tmp_path, progress=False)
+    assert not list(tmp_path.rglob("shard-*.npz")) and not list(tmp_path.rglob(".tmp-*"))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -14,6 +14,7 @@ from conftest import NUM_CLASSES, forward_spy, make_pipe, seeded_unet
 from diffusion.evaluation.sampling import (check_class_prompts, generate_samples, image_conditions,
                                            iter_sample_shards, pipeline_fingerprint,
                                            sample_settings, settings_key)
+from diffusion.pipelines.base import NonFiniteImagesError
 
 KW = dict(call_kwargs=dict(sampler="ddim", num_inference_steps=3, guidance_scale=2.0),
           progress=False)
@@ -115,6 +116,36 @@ def test_shards_are_split_round_robin_across_processes(pipe, tmp_path):
     names = lambda r: sorted(p.name for p in next((tmp_path / f"r{r}").iterdir()).glob("*.npz"))
     assert names(0) == ["shard-00000.npz", "shard-00002.npz"]
     assert names(1) == ["shard-00001.npz", "shard-00003-n1.npz"]
+
+
+def nan_after(pipe, calls: int, label: int):
+    """A U-Net forward hook: from forward call ``calls`` on, conditional rows of class ``label``
+    predict NaN. Returns the hook's handle."""
+    seen = []
+
+    def hook(_module, _args, kwargs, output):
+        seen.append(1)
+        if len(seen) > calls:
+            output.sample[kwargs["class_labels"] == label] = float("nan")
+        return output
+
+    return pipe.unet.register_forward_hook(hook, with_kwargs=True)
+
+
+def test_a_nonfinite_image_raises_with_its_run_index_and_seed_and_leaves_no_shard(tmp_path):
+    """Shard 0 (images 0..2) is cached; in shard 1 (images 3..5, one batch) image 4 (class 1)
+    turns NaN: the error names it by run index and seed, and shard 1 is not written."""
+    pipe = make_pipe()
+    nan_after(pipe, calls=3, label=1)              # 3 steps per batch: shard 1's forwards on
+    with pytest.raises(NonFiniteImagesError) as info:
+        generate_samples(pipe, 6, seed=10, batch_size=3, shard_size=3, cache_dir=tmp_path, **KW)
+    message = str(info.value)
+    assert "in 1 of 3 images (indices [1]), from sampler 'ddim': first at denoising step 0" in message
+    assert message.endswith("In this run: images [4] (seeds [14]) of the shard of images 3..5, "
+                            "none of which was cached (shards before it are kept).")
+    assert info.value.indices == [4]
+    folder = next(tmp_path.iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["settings.json", "shard-00000.npz"]
 
 
 @pytest.mark.parametrize("kwargs, match", [
