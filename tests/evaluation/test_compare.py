@@ -157,7 +157,7 @@ def test_cas_rows_train_on_the_rows_own_cached_images(tmp_path, monkeypatch):
 
     seen = []
 
-    def fake_cas(images, labels, *, seed, max_steps):
+    def fake_cas(images, labels, *, seed, max_steps, progress=True):
         seen.append((torch.as_tensor(images).clone(), torch.as_tensor(labels).clone(), max_steps))
         return {"cas": 0.5 + len(seen) / 10, "real_accuracy": 0.9, "ratio": 1.0}
 

@@ -281,7 +281,7 @@ def test_cli_generate_loads_a_gan_and_passes_no_sampler_arguments(pipe, tmp_path
 
     pipe.save_pretrained(tmp_path / "gan")
     out = tmp_path / "grid.png"
-    assert main(["generate", "--model", str(tmp_path / "gan"), "--per-class", "2", "--steps", "7",
+    assert main(["generate", "--model", str(tmp_path / "gan"), "--per-class", "2",
                  "--truncation", "0.8", "--out", str(out), "--quiet"]) == 0
     grid = np.asarray(Image.open(out))
     assert grid.shape[:2] == (2 + 3 * 30, 2 + 2 * 30)            # 3 class rows x 2, 2-px padding
@@ -294,7 +294,7 @@ def test_cli_truncation_on_a_diffusion_model_is_a_clear_error(tmp_path):
     from diffusion.__main__ import main
 
     make_pipe().save_pretrained(tmp_path / "dm")
-    with pytest.raises(SystemExit, match="--truncation is for GAN pipelines"):
+    with pytest.raises(SystemExit, match="--truncation: only gan pipelines take this; this is a diffusion model"):
         main(["generate", "--model", str(tmp_path / "dm"), "--truncation", "0.5", "--quiet"])
 
 
