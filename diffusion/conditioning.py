@@ -42,13 +42,13 @@ Example (a tiny random encoder with the real MiniLM tokenizer, as the unit tests
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
+from diffusion.paths import file_sha256
 from samplers.checks import check_int
 
 __all__ = [
@@ -177,14 +177,6 @@ def load_text_encoder(path: Optional[Union[str, Path]] = None,
     return tokenizer, text_encoder
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def text_encoder_reference(text_encoder) -> Optional[dict]:
     """A reference to the packaged default encoder instead of a copy of its weights, or ``None``.
 
@@ -207,7 +199,7 @@ def text_encoder_reference(text_encoder) -> Optional[dict]:
     if Path(source).expanduser().resolve() != default or not (default / "model.safetensors").is_file():
         return None
     return {"package": _DEFAULT_PACKAGE.replace("_", "-"),
-            "sha256": _sha256(default / "model.safetensors"),
+            "sha256": file_sha256(default / "model.safetensors"),
             "hidden_size": text_encoder_hidden_size(text_encoder)}
 
 
@@ -225,7 +217,7 @@ def load_referenced_text_encoder(reference: dict, device: Optional[Union[str, to
                          f"{_DEFAULT_PACKAGE.replace('_', '-')!r} is known (or pass text_encoder= "
                          f"and tokenizer= to from_pretrained)")
     model_dir = Path(default_text_encoder_path())
-    found = _sha256(model_dir / "model.safetensors")
+    found = file_sha256(model_dir / "model.safetensors")
     if reference.get("sha256") not in (None, found):
         raise ValueError(f"the installed {package} encoder ({model_dir}) is not the one this model "
                          f"was trained with: model.safetensors sha256 {found} != "

@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -48,3 +49,12 @@ def default_cache_dir() -> Path:
     """``$DIFFUSION_CENTRIC_CACHE`` or ``~/.cache/diffusion-centric``: generated-sample shards,
     reference statistics and rendered datasets (emoji)."""
     return Path(os.environ.get("DIFFUSION_CENTRIC_CACHE", "~/.cache/diffusion-centric")).expanduser()
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB blocks (weights, checkpoints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,13 +12,13 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Optional
 
+from diffusion.paths import file_sha256
 from training.config import ExperimentConfig
 
 logger = logging.getLogger("training.loop")  # the loop's logger: one place to configure
@@ -40,14 +40,6 @@ def list_checkpoints(output_dir) -> list[Path]:
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint's files do not match its manifest (truncated, altered or missing)."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(folder: Path) -> None:
