@@ -140,7 +140,7 @@ def run(args) -> int:
     import torch
     from torchvision.utils import make_grid, save_image
 
-    from diffusion.pipelines.base import generators_from_seeds
+    from diffusion.pipelines.base import NonFiniteImagesError, generators_from_seeds
     from samplers import sampler_name
 
     # 1. Check the flags and load the pipeline.
@@ -163,7 +163,7 @@ def run(args) -> int:
         rows_of_chunk = [i // args.per_class for i in range(chunk.start, chunk.stop)]
         batch_labels = [labels[r] for r in rows_of_chunk] if labels is not None else None
         batch_text = {"prompt": [prompts[r] for r in rows_of_chunk]} if prompts else {}
-        with exit_on(ValueError):
+        with exit_on(ValueError, NonFiniteImagesError):
             out = pipe(class_labels=batch_labels,
                        num_images_per_prompt=1 if rows else chunk.stop - chunk.start,
                        output_type="pt", **call, **batch_text,

@@ -287,6 +287,21 @@ def class_prompts(spec):
         raise SystemExit(f"error: --prompts {spec}: not JSON ({e})")
 
 
+def class_prompts_for(pipe, spec):
+    """``--prompts`` checked against the model: prompt sets need a text-to-image model, and a
+    text-only model needs them (one line each, naming what the model takes); then
+    :func:`class_prompts`."""
+    takes_text = getattr(pipe, "takes_text", False)
+    if spec is not None and not takes_text:
+        takes = "class labels" if pipe.num_classes is not None else "no condition (unconditional)"
+        raise SystemExit(f"error: --prompts needs a text-to-image model; this one takes {takes}")
+    if takes_text and pipe.num_classes is None and spec is None:
+        raise SystemExit("error: a text-to-image model needs prompts: pass --prompts "
+                         "held-out|training (Fashion-MNIST caption sets) or a JSON file with one "
+                         "list of prompts per class")
+    return class_prompts(spec)
+
+
 def add_decoding(p: argparse.ArgumentParser) -> None:
     """Options of autoregressive (VQ-VAE + prior) pipelines; unset ones take the model's saved
     decoding setting."""

@@ -38,14 +38,7 @@ def eval_setup(args):
     options.default_guidance(pipe, args)
     kwargs = eval_kwargs(args, accelerator)
     kwargs["pipeline_kwargs"] = options.decoding_options(pipe, args) or None
-    if args.prompts is not None and not getattr(pipe, "takes_text", False):
-        takes = "class labels" if pipe.num_classes is not None else "no condition (unconditional)"
-        raise SystemExit(f"error: --prompts needs a text-to-image model; this one takes {takes}")
-    kwargs["class_prompts"] = options.class_prompts(args.prompts)
-    if getattr(pipe, "takes_text", False) and pipe.num_classes is None and args.prompts is None:
-        raise SystemExit("error: a text-to-image model is evaluated on prompts: pass --prompts "
-                         "held-out|training (Fashion-MNIST caption sets) or a JSON file with one "
-                         "list of prompts per class")
+    kwargs["class_prompts"] = options.class_prompts_for(pipe, args.prompts)
     return pipe, accelerator, kwargs
 
 

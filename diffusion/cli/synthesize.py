@@ -45,15 +45,16 @@ def run(args) -> int:
 
     from diffusion.data.datasets import FASHION_MNIST_CLASSES
     from diffusion.evaluation.synthesize import synthesize
+    from diffusion.pipelines.base import NonFiniteImagesError
 
     options.check_sampler_name(args.sampler)
-    class_prompts = options.class_prompts(args.prompts)
     pipe = options.load_model(args.model, args.device, args.quiet)
+    class_prompts = options.class_prompts_for(pipe, args.prompts)
     options.default_guidance(pipe, args)
     # The named prompt sets are Fashion-MNIST's: their classes name the folders.
     names = FASHION_MNIST_CLASSES if args.prompts in ("held-out", "training") else None
     command = getattr(args, "command_line", None)
-    with exit_on(ValueError):
+    with exit_on(ValueError, NonFiniteImagesError):
         summary = synthesize(
             pipe, args.out, args.per_class, class_prompts=class_prompts, class_names=names,
             batch_size=args.batch_size, seed=args.seed, sampler=args.sampler,

@@ -94,7 +94,8 @@ class AutoregressivePipeline(ImagePipeline):
             ValueError: with the value given and what is allowed.
         """
         labels, batch = check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
-                                           self.num_classes, on_nonfinite, return_dict)
+                                           self.num_classes, on_nonfinite, return_dict,
+                                           self.config.class_names)
         check_number("guidance_scale", guidance_scale, low=0)
         if guidance_scale != 1 and self.num_classes is None:
             raise ValueError("guidance needs a class-conditional prior (guidance_scale=1 here)")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,24 +143,121 @@ def to_output(images: torch.Tensor, output_type: str):
     return [Image.fromarray(a) for a in array]
 
 
-def normalize_class_labels(class_labels, num_classes: Optional[int]) -> Optional[torch.Tensor]:
+def _class_key(text: str) -> str:
+    """A class name or label as compared: lower case, every run of other characters than letters
+    and digits one space (``"Ankle_boot"``, ``"ankle-boot"``, ``" Ankle  Boot "`` -> ``"ankle boot"``)."""
+    return re.sub(r"[^0-9a-z]+", " ", text.lower()).strip()
+
+
+def class_name_aliases(name: str) -> Tuple[List[str], List[str]]:
+    """``(full, parts)``: the spellings that name a class, as :func:`_class_key` forms.
+
+    ``full``: the whole name with and without spaces (``"T-shirt/top"`` -> ``"t shirt top"``,
+    ``"tshirttop"``); ``parts``: each ``/``-separated alternative the same way (``"t shirt"``,
+    ``"tshirt"``, ``"top"``). A full match wins over a part match (``"Shirt"`` is the class Shirt,
+    not part of ``"T-shirt/top"``)."""
+    def spellings(text: str) -> List[str]:
+        key = _class_key(text)
+        return [key, key.replace(" ", "")] if key else []
+
+    parts = [s for part in name.split("/") for s in spellings(part)] if "/" in name else []
+    return spellings(name), parts
+
+
+def resolve_class_label(label, num_classes: Optional[int],
+                        class_names: Optional[Sequence[str]] = None) -> int:
+    """The class id a label names: the one resolver behind ``class_labels``, ``pipe.class_id``
+    and the CLI's ``--classes``.
+
+    Accepted: an int id (``numpy`` ints too, not bool) or its digits (``"8"``); a class name in
+    any case, with ``_``, ``-``, spaces or ``/`` interchangeable (``"Bag"``, ``"ankle_boot"``,
+    ``"Ankle boot"``); one ``/``-separated alternative of a name (``"T-shirt"`` or ``"top"`` for
+    ``"T-shirt/top"``) when it names one class only; the class folders that
+    :func:`diffusion.evaluation.synthesize` writes, ``<id>_<name>`` (``"9_Ankle_boot"``) when the
+    id and the name agree.
+
+    Args:
+        label: the id or name.
+        num_classes: the model's number of real classes (``None``: unconditional).
+        class_names: the model's ``config.class_names`` (``None``: ids only).
+
+    Returns:
+        The class id, an int in ``[0, num_classes)``.
+
+    Raises:
+        ValueError: an unconditional model, an id out of range, a name no class (or more than one
+            class) answers to, or a float / bool / other type; the message lists what is allowed.
+
+    Example::
+
+        >>> names = ["T-shirt/top", "Shirt", "Ankle boot"]
+        >>> [resolve_class_label(x, 3, names) for x in (2, "1", "shirt", "T-shirt", "ankle_boot", "2_Ankle_boot")]
+        [2, 1, 1, 0, 2, 2]
+    """
+    if num_classes is None:
+        raise ValueError(f"this model is unconditional (no class table): it has no class "
+                         f"{label!r}; call it without class_labels")
+    names = list(class_names or [])
+    allowed = f"ids 0..{num_classes - 1}" + (f" or names {names}" if names else "")
+    if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
+        key = str(int(label))
+    elif isinstance(label, str):
+        key = label.strip()
+    else:
+        raise ValueError(f"a class label must be an int id or a class name, got {label!r} "
+                         f"({type(label).__name__}); allowed: {allowed}")
+    if re.fullmatch(r"[+-]?\d+", key):
+        if not 0 <= int(key) < num_classes:
+            raise ValueError(f"class id {int(key)} out of range: {allowed}")
+        return int(key)
+    wanted = _class_key(key)
+    aliases = [class_name_aliases(n) for n in names]
+    for level in (0, 1):  # whole names first, then "/" alternatives
+        hits = [c for c, a in enumerate(aliases) if wanted and (wanted in a[level]
+                                                                or wanted.replace(" ", "") in a[level])]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise ValueError(f"class name {label!r} is ambiguous: it names "
+                             f"{[names[c] for c in hits]}; use the id or the full name")
+    folder = re.fullmatch(r"(\d+)[ _-]+(.+)", key)  # synthesize's "<id>_<name>" class folders
+    if folder and int(folder.group(1)) < len(names):
+        c = int(folder.group(1))
+        if _class_key(folder.group(2)) in class_name_aliases(names[c])[0] + [
+                _class_key(re.sub(r"[^A-Za-z0-9.-]+", "_", names[c]))]:
+            return c
+    hint = ""
+    if names:
+        import difflib
+        close = difflib.get_close_matches(wanted, [_class_key(n) for n in names], n=1, cutoff=0.6)
+        hint = f" (did you mean {names[[_class_key(n) for n in names].index(close[0])]!r}?)" if close else ""
+    raise ValueError(f"unknown class {label!r}{hint}; known: {allowed} (case, spaces, '_' and "
+                     f"'-' do not matter)")
+
+
+def normalize_class_labels(class_labels, num_classes: Optional[int],
+                           class_names: Optional[Sequence[str]] = None) -> Optional[torch.Tensor]:
     """Validate class labels and return an int64 1-D tensor (``None`` for unconditional models).
+
+    ``class_labels``: an id or a name, or a list / tuple / range / 1-D array or int tensor of them;
+    names (and digit strings) are resolved by :func:`resolve_class_label` against ``class_names``.
 
     Raises:
         ValueError: labels missing for a class-conditional model, given to an unconditional one,
-            empty, not integers, not 1-D, or outside ``[0, num_classes)``.
+            empty, not ids or known names, not 1-D, or outside ``[0, num_classes)``.
     """
     if num_classes is None:
         if class_labels is not None:
             raise ValueError("this model is unconditional: class_labels must be None")
         return None
-    allowed = f"integers in [0, {num_classes - 1}]"
+    allowed = f"integers in [0, {num_classes - 1}]" + (
+        f" or class names {list(class_names)}" if class_names else "")
     if class_labels is None:
         raise ValueError(f"class_labels is required for this class-conditional model ({allowed})")
     if isinstance(class_labels, (bool, float)):
         raise ValueError(f"class_labels must be {allowed}, got {class_labels!r}")
-    if isinstance(class_labels, (int, np.integer)):
-        class_labels = [int(class_labels)]
+    if isinstance(class_labels, (int, np.integer, str)):
+        class_labels = [class_labels]
     elif not isinstance(class_labels, (torch.Tensor, list, tuple, range, np.ndarray)):
         raise ValueError(f"class_labels must be {allowed}, got {class_labels!r}")
     if isinstance(class_labels, torch.Tensor):
@@ -170,10 +268,12 @@ def normalize_class_labels(class_labels, num_classes: Optional[int]) -> Optional
             raise ValueError(f"class_labels must be 1-D, got shape {tuple(class_labels.shape)}")
     else:
         items = list(class_labels)
-        bad = [v for v in items if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        bad = [v for v in items if isinstance(v, (bool, np.bool_))
+               or not isinstance(v, (int, np.integer, str))]
         if bad:
             raise ValueError(f"class_labels must be {allowed}, got {bad[:3]!r}")
-        labels = torch.tensor([int(v) for v in items], dtype=torch.long)
+        labels = torch.tensor([resolve_class_label(v, num_classes, class_names)
+                               if isinstance(v, str) else int(v) for v in items], dtype=torch.long)
     if labels.numel() == 0:
         raise ValueError(f"class_labels is empty; give at least one of {allowed}")
     out_of_range = labels[(labels < 0) | (labels >= num_classes)]
@@ -224,7 +324,8 @@ def check_num_images_and_output_type(num_images_per_prompt, output_type,
 
 
 def check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
-                       num_classes: Optional[int], on_nonfinite="raise", return_dict=True
+                       num_classes: Optional[int], on_nonfinite="raise", return_dict=True,
+                       class_names: Optional[Sequence[str]] = None
                        ) -> Tuple[Optional[torch.Tensor], int]:
     """The checks shared by the class-conditional pipelines without a text encoder (GAN,
     autoregressive): no ``prompt``, :func:`check_num_images_and_output_type`, and the labels
@@ -238,7 +339,7 @@ def check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
         raise ValueError("this pipeline has no text encoder: use class_labels, not prompt")
     check_num_images_and_output_type(num_images_per_prompt, output_type, on_nonfinite,
                                      return_dict)
-    labels = normalize_class_labels(class_labels, num_classes)
+    labels = normalize_class_labels(class_labels, num_classes, class_names)
     if labels is not None:
         labels = labels.repeat_interleave(num_images_per_prompt)
     return labels, num_images_per_prompt if labels is None else len(labels)
@@ -300,6 +401,37 @@ def check_class_names(class_names: Optional[Sequence[str]], num_classes: Optiona
     return list(class_names) if class_names else None
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """``"owner/name"`` (one ``/``, letters, digits, ``-``, ``_``, ``.``; no leading ``.`` or
+    ``/``): what the Hugging Face Hub would take as a repository id."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and ".." not in name
+
+
+def check_pipeline_folder(path: Union[str, Path]) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, checked to be a folder written by ``save_pretrained``.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a folder, holds a VQ-VAE tokenizer alone, or has no
+            ``model_index.json``; the message says which folder a training run writes.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist (train one with "
+                                f"`python -m training --config ...`; its pipeline is in "
+                                f"<output_dir>/final)")
+    index, config = path / "model_index.json", path / "config.json"
+    if not index.is_file() and config.is_file() and \
+            json.loads(config.read_text()).get("_class_name") == "VQVAE":
+        raise FileNotFoundError(f"{str(path)!r} holds a VQ-VAE tokenizer alone (stage 1 of the "
+                                f"autoregressive baseline), which cannot generate: train a prior on "
+                                f"it (train.objective=prior prior.vqvae_path={path}) and load that "
+                                f"run's <output_dir>/final")
+    if not index.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a saved pipeline (no model_index.json); use "
+                                f"the folder written by save_pretrained, e.g. <output_dir>/final")
+    return path
+
+
 #: top-level packages whose modules a saved ``model_index.json`` may name for a component class
 OWN_PACKAGES = ("diffusion", "samplers")
 
@@ -335,9 +467,22 @@ class ImagePipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained`` (local folders), after importing the project modules the
-        folder names for its components (:func:`import_component_modules`)."""
-        import_component_modules(pretrained_model_name_or_path)
+        """diffusers' ``from_pretrained``, after importing the project modules the folder names for
+        its components (:func:`import_component_modules`).
+
+        A local folder is checked first (:func:`check_pipeline_folder`), so a missing or wrong
+        folder is a one-line ``FileNotFoundError`` instead of the hub's repository-id error; a name
+        of the hub's ``"owner/name"`` form that is not a local folder goes to diffusers (the hub,
+        when online).
+
+        Raises:
+            FileNotFoundError: not a folder (and not a hub id), or not a saved pipeline.
+        """
+        name = pretrained_model_name_or_path
+        if isinstance(name, Path) or not (isinstance(name, str) and looks_like_hub_id(name)
+                                          and not Path(name).exists()):
+            check_pipeline_folder(name)
+        import_component_modules(name)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
@@ -346,20 +491,13 @@ class ImagePipeline(DiffusionPipeline):
         raise NotImplementedError
 
     def class_id(self, label: Union[int, str]) -> int:
-        """Class id for an id or a (case-insensitive) class name; raises ``ValueError`` if unknown."""
-        if self.num_classes is None:
-            raise ValueError(f"this model is unconditional (no class table): it has no class "
-                             f"{label!r}; call it without class_labels")
-        names = [n.lower() for n in (self.config.class_names or [])]
-        key = str(label).strip().lower()
-        if (isinstance(label, int) and not isinstance(label, bool)) or key.isdigit():
-            if not 0 <= int(key) < self.num_classes:
-                raise ValueError(f"class id {key} out of range: ids 0..{self.num_classes - 1}")
-            return int(key)
-        if key not in names:
-            raise ValueError(f"unknown class {label!r}; known: ids 0..{self.num_classes - 1}"
-                             f" or names {self.config.class_names}")
-        return names.index(key)
+        """Class id for an id or a class name in any usual spelling
+        (:func:`resolve_class_label`: ``"Bag"``, ``"ankle_boot"``, ``"T-shirt"``, ``8``).
+
+        Raises:
+            ValueError: unknown, ambiguous or out-of-range label, or an unconditional model.
+        """
+        return resolve_class_label(label, self.num_classes, self.config.class_names)
 
     def finish(self, images: torch.Tensor, output_type: str, nfe: int, return_dict: bool = True,
                on_nonfinite: str = "raise", stage: str = "the network forward",

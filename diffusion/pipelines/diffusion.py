@@ -204,7 +204,7 @@ class DiffusionImagePipeline(ImagePipeline):
                 if value is not None:
                     raise ValueError(f"this pipeline has no text encoder: use class_labels, not "
                                      f"{name}")
-            return normalize_class_labels(class_labels, n), None, None
+            return normalize_class_labels(class_labels, n, self.config.class_names), None, None
         prompts = normalize_prompts(prompt)
         negatives = normalize_prompts(negative_prompt, "negative_prompt")
         if n is None:
@@ -218,7 +218,7 @@ class DiffusionImagePipeline(ImagePipeline):
                                  f"(integers in [0, {n - 1}]), prompt (str or list of str) or both")
             labels = None  # text alone: the null class fills the class slot below
         else:
-            labels = normalize_class_labels(class_labels, n)
+            labels = normalize_class_labels(class_labels, n, self.config.class_names)
         if prompts is None and labels is None:
             raise ValueError("prompt is required for this text-conditional model (a str or a list "
                              "of str; '' is the null prompt)")

@@ -87,7 +87,8 @@ class GANPipeline(ImagePipeline):
             ValueError: with the value given and what is allowed.
         """
         labels, batch = check_class_inputs(class_labels, prompt, num_images_per_prompt, output_type,
-                                           self.num_classes, on_nonfinite, return_dict)
+                                           self.num_classes, on_nonfinite, return_dict,
+                                           self.config.class_names)
         check_number("truncation", truncation, low=MIN_TRUNCATION, allow_none=True)
         if truncation is not None and latents is not None:
             raise ValueError("truncation applies to drawn latents: pass latents or truncation, "

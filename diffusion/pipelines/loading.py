@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
+from diffusion.pipelines.base import check_pipeline_folder
+
 #: ``_class_name`` in ``model_index.json`` -> ``"module:Class"`` (imported on demand).
 PIPELINE_CLASSES: dict[str, str] = {
     "DiffusionImagePipeline": "diffusion.pipelines.diffusion:DiffusionImagePipeline",
@@ -41,22 +43,8 @@ def load_pipeline(path: Union[str, Path], device: Optional[str] = None, quiet: b
             says which folder a training run writes).
         ValueError: the saved pipeline class is not one of :data:`PIPELINE_CLASSES`.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model folder {str(path)!r} does not exist (train one with "
-                                f"`python -m training --config ...`; its pipeline is in "
-                                f"<output_dir>/final)")
+    path = check_pipeline_folder(path)
     index = path / "model_index.json"
-    config = path / "config.json"
-    if not index.is_file() and config.is_file() and \
-            json.loads(config.read_text()).get("_class_name") == "VQVAE":
-        raise FileNotFoundError(f"{str(path)!r} holds a VQ-VAE tokenizer alone (stage 1 of the "
-                                f"autoregressive baseline), which cannot generate: train a prior on "
-                                f"it (train.objective=prior prior.vqvae_path={path}) and load that "
-                                f"run's <output_dir>/final")
-    if not index.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is not a saved pipeline (no model_index.json); use "
-                                f"the folder written by save_pretrained, e.g. <output_dir>/final")
     saved = json.loads(index.read_text())
     class_name = saved.get("_class_name")
     if class_name not in PIPELINE_CLASSES:

@@ -121,6 +121,35 @@ def test_evaluate_prompts_on_a_class_model_speaks_of_the_flag(class_model):
     assert message == "error: --prompts needs a text-to-image model; this one takes class labels"
 
 
+def test_synthesize_prompts_on_a_class_model_speaks_of_the_flag(class_model, tmp_path):
+    out = tmp_path / "synthetic"
+    message = _error(["synthesize", "--model", class_model, "--prompts", "held-out",
+                      "--per-class", "1", "--out", str(out), "--quiet"])
+    assert message == "error: --prompts needs a text-to-image model; this one takes class labels"
+    assert not out.exists()
+
+
+def test_generate_with_nonfinite_images_is_one_error_line(class_model, tmp_path, monkeypatch):
+    """A NaN in the weights: one line naming the pipeline, the sampler and the images; no grid."""
+    from diffusion.pipelines.diffusion import DiffusionImagePipeline
+
+    load = DiffusionImagePipeline.from_pretrained.__func__
+
+    def poisoned(cls, *args, **kwargs):
+        pipe = load(cls, *args, **kwargs)
+        with torch.no_grad():
+            next(pipe.unet.parameters()).fill_(float("nan"))
+        return pipe
+
+    monkeypatch.setattr(DiffusionImagePipeline, "from_pretrained", classmethod(poisoned))
+    out = tmp_path / "grid.png"
+    message = _error(["generate", "--model", class_model, "--per-class", "1", "--steps", "2",
+                      "--out", str(out), "--quiet"])
+    assert message.startswith("error: DiffusionImagePipeline") and "non-finite" in message.lower()
+    assert "in 3 of 3 images" in message and "sampler" in message, message
+    assert not out.exists()
+
+
 def test_cas_says_what_it_will_train_and_quiet_reaches_it(class_model, monkeypatch, capsys):
     import diffusion.evaluation
     import diffusion.evaluation.cas as cas

@@ -304,6 +304,33 @@ def test_class_id_by_id_and_by_name(family, pipe):
             pipe.class_id(bad)
 
 
+def test_class_labels_take_names_in_every_usual_spelling(family, pipe):
+    """One resolver for the Python API and the CLI: names, '/'-alternatives, '_' / '-' / case
+    variants and synthesize's '<id>_<name>' folders give the same images as the ids."""
+    if "class_labels" not in family.takes or not family.class_names:
+        pytest.skip("no class table")
+    ids = list(range(len(family.class_names)))
+    spellings = [[name, name.upper().replace(" ", "_"), f"{i}_{name.replace('/', '_')}",
+                  name.split("/")[0]] for i, name in enumerate(family.class_names)]
+    for variant in zip(*spellings):
+        assert [pipe.class_id(v) for v in variant] == ids
+    by_id = pt(family, pipe, class_labels=ids, generator=seeds(len(ids)))
+    by_name = pt(family, pipe, class_labels=list(spellings[i][1] for i in ids),
+                 generator=seeds(len(ids)))
+    assert torch.equal(by_id, by_name)
+    mixed = pt(family, pipe, class_labels=[family.class_names[0], 1], generator=seeds(2))
+    torch.testing.assert_close(mixed, by_id[:2], atol=BATCH_ATOL, rtol=0)  # batch of 2, not 3
+
+
+def test_unknown_or_ambiguous_class_names_are_refused_naming_the_known_ones(family, pipe):
+    if "class_labels" not in family.takes or not family.class_names:
+        pytest.skip("no class table")
+    with pytest.raises(ValueError, match=r"unknown class 'Sweater'.*ids 0\.\..*names"):
+        pt(family, pipe, class_labels=["Sweater"], generator=seeds(1))
+    with pytest.raises(ValueError, match=r"did you mean 'Trouser'"):
+        pipe.class_id("trousr")
+
+
 # --- (7) non-finite images --------------------------------------------------------------------
 
 #: ``(n, indices)``: images of a call made non-finite by the family's ``inject_nan``

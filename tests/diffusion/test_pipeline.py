@@ -214,7 +214,7 @@ BAD_CALLS = [
     pytest.param({"class_labels": True}, ALLOWED_LABELS, id="label-bool"),
     pytest.param({"class_labels": [1, False]}, ALLOWED_LABELS, id="list-with-bool"),
     pytest.param({"class_labels": torch.tensor([True])}, ALLOWED_LABELS, id="bool-tensor"),
-    pytest.param({"class_labels": "1"}, ALLOWED_LABELS, id="label-str"),
+    pytest.param({"class_labels": "hat"}, r"unknown class 'hat'; known: ids 0\.\.", id="label-unknown-name"),
     pytest.param({"class_labels": []}, r"empty.*" + ALLOWED_LABELS, id="labels-empty"),
     pytest.param({"class_labels": torch.tensor([[0, 1]])}, r"1-D.*\(1, 2\)", id="labels-2d"),
     pytest.param({"class_labels": [0, 1], "num_images_per_prompt": 2, "generator": generators(3)},
@@ -465,6 +465,66 @@ def test_single_int_label_is_one_image(stub_pipe):
 
 
 # --- class names -------------------------------------------------------------------------------
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot"]
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("Bag", 8), ("bag", 8), (" BAG ", 8), ("T-shirt", 0), ("tshirt", 0), ("t_shirt", 0),
+    ("top", 0), ("T-shirt/top", 0), ("t shirt top", 0), ("shirt", 6), ("Shirt", 6),
+    ("ankle_boot", 9), ("Ankle-Boot", 9), ("ankleboot", 9), ("9_Ankle_boot", 9),
+    ("0_T-shirt_top", 0), (3, 3), ("3", 3), (np.int64(7), 7)])
+def test_one_resolver_takes_the_obvious_spellings(label, expected):
+    from diffusion.pipelines.base import resolve_class_label
+    assert resolve_class_label(label, 10, FASHION) == expected
+
+
+@pytest.mark.parametrize("label, message", [
+    ("Bagg", r"unknown class 'Bagg' \(did you mean 'Bag'\?\); known: ids 0\.\.9 or names \["),
+    ("9_Bag", r"unknown class '9_Bag'"),           # folder id and name disagree
+    ("boot", r"unknown class 'boot'"),
+    (10, r"class id 10 out of range: ids 0\.\.9"), ("-1", r"class id -1 out of range"),
+    (1.0, r"int id or a class name, got 1\.0 \(float\)"), (True, r"got True \(bool\)")])
+def test_the_resolver_refuses_naming_what_is_allowed(label, message):
+    from diffusion.pipelines.base import resolve_class_label
+    with pytest.raises(ValueError, match=message):
+        resolve_class_label(label, 10, FASHION)
+
+
+def test_a_name_that_fits_two_classes_is_ambiguous():
+    from diffusion.pipelines.base import resolve_class_label
+    with pytest.raises(ValueError, match=r"'boot' is ambiguous: it names \['Ankle boot/boot', "
+                                         r"'Ski boot/boot'\]"):
+        resolve_class_label("boot", 2, ["Ankle boot/boot", "Ski boot/boot"])
+
+
+def test_python_api_takes_class_names_like_the_cli():
+    pipe = DiffusionImagePipeline(seeded_unet(), StubScheduler(), class_names=["Shirt", "Bag", "Ankle boot"])
+    kw = dict(num_inference_steps=2, output_type="pt")
+    by_id = pipe(class_labels=[1, 2], generator=generators(2), **kw).images
+    by_name = pipe(class_labels=["Bag", "ankle_boot"], generator=generators(2), **kw).images
+    assert torch.equal(by_id, by_name)
+    one = pipe(class_labels="bag", generator=generators(1), **kw).images
+    assert torch.equal(one, pipe(class_labels=1, generator=generators(1), **kw).images)
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/nonexistent", r"model folder '/nonexistent' does not exist \(train one with"),
+    ("./not/here", r"model folder 'not/here' does not exist"),
+])
+def test_from_pretrained_of_a_missing_folder_is_a_clear_error(path, message):
+    with pytest.raises(FileNotFoundError, match=message):
+        DiffusionImagePipeline.from_pretrained(path)
+
+
+def test_from_pretrained_of_a_folder_without_a_pipeline_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"is not a saved pipeline \(no model_index.json\)"):
+        DiffusionImagePipeline.from_pretrained(tmp_path)
+    from diffusion.pipelines.base import looks_like_hub_id
+    assert [looks_like_hub_id(x) for x in ("owner/model", "/abs/path", "./x/y", "a/b/c", "../x")] \
+        == [True, False, False, False, False]
+
 
 def test_class_names_map_to_ids():
     pipe = DiffusionImagePipeline(seeded_unet(), StubScheduler(),
