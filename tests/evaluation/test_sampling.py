@@ -80,6 +80,56 @@ def test_longer_run_regenerates_a_short_last_shard(pipe, tmp_path):
     assert again.generated == 0 and torch.equal(again.images, run.images[:3])
 
 
+def test_a_shorter_run_reads_its_short_last_shard_from_a_longer_run(pipe, tmp_path):
+    full = generate_samples(pipe, 4, shard_size=2, cache_dir=tmp_path, **KW)  # shards 0, 1 full
+    with forward_spy(pipe.unet) as calls:
+        prefix = generate_samples(pipe, 3, shard_size=2, cache_dir=tmp_path, **KW)
+    assert calls == [] and prefix.generated == 0
+    assert torch.equal(prefix.images, full.images[:3]) and torch.equal(prefix.labels, full.labels[:3])
+    folder = next(tmp_path.iterdir())
+    assert not (folder / "shard-00001-n1.npz").exists()  # read from shard-00001.npz, not copied
+
+
+def test_a_short_last_shard_is_read_from_a_longer_short_one(pipe, tmp_path):
+    seven = generate_samples(pipe, 7, shard_size=4, cache_dir=tmp_path, **KW)  # shard 1: n3
+    with forward_spy(pipe.unet) as calls:
+        six = generate_samples(pipe, 6, shard_size=4, cache_dir=tmp_path, **KW)
+    assert calls == [] and six.generated == 0 and torch.equal(six.images, seven.images[:6])
+    # seconds of the borrowed part are pro rata: 2 of the 3 images of shard 1
+    folder = next(tmp_path.iterdir())
+    import numpy as np
+    with np.load(folder / "shard-00000.npz") as z0, np.load(folder / "shard-00001-n3.npz") as z1:
+        expected = (float(z0["seconds"]) + float(z1["seconds"]) * 2 / 3) / 6
+    assert six.seconds_per_image == pytest.approx(expected)
+
+
+def test_the_saved_sampler_and_its_registry_name_share_the_cache(tmp_path):
+    from samplers import build_sampler
+    from diffusers import DDPMScheduler
+    from diffusion.evaluation.sampling import equivalent_call_kwargs
+
+    train = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    saved = make_pipe(scheduler=build_sampler("ddim", train))  # saved default: exactly "ddim"
+    steps = dict(num_inference_steps=3, guidance_scale=2.0)
+    assert equivalent_call_kwargs(saved, steps) == {**steps, "sampler": "ddim"}
+    assert equivalent_call_kwargs(saved, {**steps, "sampler": "ddim"}) == steps
+    assert equivalent_call_kwargs(saved, {**steps, "sampler": "euler"}) is None
+    default = generate_samples(saved, 3, cache_dir=tmp_path, call_kwargs=steps, progress=False)
+    with forward_spy(saved.unet) as calls:
+        named = generate_samples(saved, 3, cache_dir=tmp_path, progress=False,
+                                 call_kwargs={**steps, "sampler": "ddim"})
+    assert calls == [] and named.generated == 0 and torch.equal(named.images, default.images)
+    # and the other way round, in a fresh cache
+    other = tmp_path / "other"
+    generate_samples(saved, 3, cache_dir=other, progress=False, call_kwargs={**steps, "sampler": "ddim"})
+    with forward_spy(saved.unet) as calls:
+        again = generate_samples(saved, 3, cache_dir=other, call_kwargs=steps, progress=False)
+    assert calls == [] and torch.equal(again.images, default.images)
+    # a saved scheduler with options the registry's build lacks is not the same sampler
+    tweaked = make_pipe(scheduler=build_sampler("ddim", train, thresholding=True))
+    assert equivalent_call_kwargs(tweaked, steps) is None
+
+
 def test_cache_key_follows_what_changes_the_images(pipe):
     base = settings_key(sample_settings(pipe, KW["call_kwargs"], 0, 500, None))
     changed = [
