@@ -234,12 +234,13 @@ def list_snapshots(output_dir) -> List[Path]:
 
 
 def snapshots_to_keep(steps: Sequence[int], every: int, max_snapshots: int) -> List[int]:
-    """The snapshot steps a run keeps after writing the newest of ``steps``: all of them when
-    ``max_snapshots`` is 0; otherwise the newest plus the steps that are multiples of ``every *
-    2^j``, with the smallest ``j`` that keeps at most ``max_snapshots`` in all. The kept ones stay
-    spread over the whole run (the spacing doubles as it grows): a reconstruction of a long
-    ``sigma_rel`` needs early snapshots too, which a keep-the-newest rule would drop. A pure
-    function of the newest step, so a resumed run ends with the same files as an uninterrupted one.
+    """Which of the snapshot ``steps`` a run keeps once the newest, ``S``, is written: all when
+    ``max_snapshots`` is 0; otherwise ``S`` and the multiples of ``every * 2^j`` up to ``S``, with
+    the smallest ``j`` that makes at most ``max_snapshots`` in all (counted over the schedule,
+    not the files). The kept ones stay spread over the whole run, their spacing doubling as it
+    grows: a reconstruction of a long ``sigma_rel`` needs early snapshots too, which a
+    keep-the-newest rule would drop. A pure function of ``S`` whose kept sets shrink
+    monotonically, so a resumed run ends with the same files as an uninterrupted one.
 
     Example::
 
@@ -247,14 +248,12 @@ def snapshots_to_keep(steps: Sequence[int], every: int, max_snapshots: int) -> L
         [20, 40, 60, 70]
     """
     steps = sorted(steps)
-    if not max_snapshots or len(steps) <= max_snapshots:
+    if not max_snapshots or not steps:
         return steps
     newest, spacing = steps[-1], every
-    while True:
-        kept = [s for s in steps if s % spacing == 0 and s != newest] + [newest]
-        if len(kept) <= max_snapshots:
-            return kept
+    while newest // spacing + (newest % spacing != 0) > max_snapshots:
         spacing *= 2
+    return [s for s in steps if s % spacing == 0 or s == newest]
 
 
 def write_snapshot(output_dir, step: int, tracker: PosthocEMA, metadata: Optional[dict] = None,
