@@ -593,11 +593,17 @@ class Trainer:
             "figures": figures,
         }
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        for f in tmp.rglob("*"):  # safetensors writes 0600; shipped weights must be readable
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        publish_export(tmp, out)
+
+
+def publish_export(tmp: Path, out: Path) -> None:
+    """Make the export written in ``tmp`` readable by all and rename it to ``out`` (replacing an
+    older one): an interrupted export leaves only ``tmp``."""
+    for f in tmp.rglob("*"):  # safetensors writes 0600; shipped weights must be readable
+        f.chmod(0o755 if f.is_dir() else 0o644)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
 
 
 def _command_line() -> str:

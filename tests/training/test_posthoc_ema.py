@@ -304,3 +304,97 @@ def test_turning_posthoc_ema_on_at_resume_is_refused(tmp_path, dataset):
 def test_bad_posthoc_settings_are_refused_by_load_config(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, ["train.posthoc_ema=true", *overrides])
+
+
+# -- the export command -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, dataset):
+    """A tiny diffusion run of 6 steps with post-hoc EMA, snapshots every 2 steps, exported."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    out = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as mp:  # as the fresh_accelerate_state fixture, once
+        mp.setenv("ACCELERATE_USE_CPU", "true")
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        make(out, dataset, "train.max_steps=6", "train.export=true").run()
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    return out
+
+
+def exported_unet(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_the_command_exports_the_reconstructed_ema(finished_run, tmp_path, capsys):
+    import json
+
+    from diffusion.pipelines.loading import load_pipeline
+    from training.__main__ import main
+
+    out = tmp_path / "final-0.07"
+    assert main(["posthoc-ema", "--run", str(finished_run), "--sigma-rel", "0.07", "--out", str(out)]) == 0
+    assert f"exported sigma_rel 0.07 to {out}" in capsys.readouterr().out
+    weights, expected = exported_unet(out), reconstruct(finished_run, 0.07)["model"]
+    assert set(expected) <= set(weights)
+    for name, value in expected.items():
+        assert torch.equal(weights[name], value), name
+    tracked = reconstruct(finished_run, 0.05)["model"]
+    assert any(not torch.equal(tracked[n], v) for n, v in expected.items())  # not a tracked one
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 6  # the loop's own summary, kept
+    record = summary["posthoc_ema"]
+    assert record["sigma_rel"] == 0.07 and record["step"] == 6 and record["sweep"] is None
+    assert record["snapshots"] == [f"snapshot-000000{s}.safetensors" for s in (2, 4, 6)]
+    weights_sum = sum(c["weight"] for c in record["coefficients"]["model"])
+    assert len(record["coefficients"]["model"]) == 6 and weights_sum == pytest.approx(1, abs=1e-9)
+    assert (out / "training_config.yaml").is_file() and not (tmp_path / ".tmp-final-0.07").exists()
+    pipe = load_pipeline(out)
+    assert pipe.class_names == ["a", "b", "c", "d"]
+
+
+def test_the_sweep_scores_every_length_and_exports_the_best(finished_run, tmp_path, monkeypatch):
+    """evaluate() replaced by a recorder: it must see each length's reconstructed weights; the
+    export gets the one with the lowest FID, and the summary records the sweep."""
+    import json
+
+    import diffusion.evaluation as evaluation
+    from training.posthoc_export import export_posthoc, sweep_sigma_rels
+
+    fids, seen = iter([3.0, 1.0, 2.0]), []
+
+    def fake_evaluate(pipe, **kwargs):
+        seen.append(({n: p.detach().clone() for n, p in pipe.unet.named_parameters()}, kwargs))
+        return {"fid": next(fids)}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    sweep = sweep_sigma_rels(finished_run, [0.05, 0.07, 0.09], metric="fid", num_samples=8,
+                             cache_dir=None)
+    assert sweep["best"] == 0.07 and [r["fid"] for r in sweep["rows"]] == [3.0, 1.0, 2.0]
+    for (params, kwargs), s in zip(seen, (0.05, 0.07, 0.09)):
+        expected = reconstruct(finished_run, s)["model"]
+        assert all(torch.equal(params[n], v) for n, v in expected.items()), s
+        assert kwargs["num_samples"] == 8 and kwargs["metrics"] == ["fid"]
+    out = export_posthoc(finished_run, tmp_path / "best", sweep=sweep)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["posthoc_ema"]["sigma_rel"] == 0.07 and summary["posthoc_ema"]["sweep"]["rows"][1] == {
+        "sigma_rel": 0.07, "fid": 1.0}
+    expected = reconstruct(finished_run, 0.07)["model"]
+    assert all(torch.equal(exported_unet(out)[n], v) for n, v in expected.items())
+    # accuracy is better when larger
+    accs = iter([0.5, 0.9, 0.7])
+    monkeypatch.setattr(evaluation, "evaluate", lambda pipe, **kw: {"accuracy": next(accs)})
+    assert sweep_sigma_rels(finished_run, [0.05, 0.07, 0.09], metric="accuracy", num_samples=8,
+                            cache_dir=None)["best"] == 0.07
+
+
+def test_the_command_refuses_a_run_without_snapshots(tmp_path, capsys):
+    from training.__main__ import main
+
+    (tmp_path / "training_config.yaml").write_text("train:\n  max_steps: 2\n")
+    assert main(["posthoc-ema", "--run", str(tmp_path), "--sigma-rel", "0.07"]) == 2
+    assert "no post-hoc EMA snapshots" in capsys.readouterr().err
