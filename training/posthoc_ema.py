@@ -39,7 +39,7 @@ Example::
     (16.972, 0.05)
     >>> x = solve_coefficients([10, 10], [sigma_rel_to_gamma(0.05), sigma_rel_to_gamma(0.1)],
     ...                        10, sigma_rel_to_gamma(0.1))
-    >>> [round(float(v), 6) for v in x]
+    >>> [abs(round(float(v), 6)) for v in x]
     [0.0, 1.0]
 """
 

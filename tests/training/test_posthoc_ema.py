@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.data.datasets import TensorImageDataset
 from training import posthoc_ema as phema
 from training.config import load_config
 from training.loop import Trainer
@@ -18,7 +17,8 @@ from training.posthoc_ema import (PosthocEMA, PowerFunctionEMA, gamma_to_sigma_r
                                   profile_inner_product, read_metadata, reconstruct,
                                   sigma_rel_to_gamma, snapshot_step, snapshots_to_keep,
                                   solve_coefficients, write_snapshot)
-from training_helpers import TINY
+from test_resume_settings import dataset  # noqa: F401  (the tiny in-memory dataset fixture)
+from test_resume_settings import make as make_tiny
 
 
 class Holder(torch.nn.Module):
@@ -212,18 +212,11 @@ def test_a_bounded_snapshot_folder_keeps_the_tracked_lengths_reconstructable(tmp
 
 # -- in the loop ------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def dataset():
-    g = torch.Generator().manual_seed(0)
-    return TensorImageDataset(torch.rand(32, 1, 28, 28, generator=g) * 2 - 1,
-                              torch.arange(32) % 4, ["a", "b", "c", "d"])
-
-
 def make(out, dataset, *overrides) -> Trainer:
-    return Trainer(load_config(None, [*TINY, f"train.output_dir={out}", "train.export=false",
-                                      "train.lr_scheduler=constant", "train.lr_warmup_steps=0",
-                                      "train.posthoc_ema=true", "train.posthoc_ema_snapshot_every=2",
-                                      *overrides]), dataset=dataset)
+    """test_resume_settings' tiny Trainer with post-hoc EMA on, a constant LR (so runs of
+    different lengths take the same steps) and a snapshot every 2 steps."""
+    return make_tiny(out, dataset, "train.lr_scheduler=constant", "train.lr_warmup_steps=0",
+                     "train.posthoc_ema=true", "train.posthoc_ema_snapshot_every=2", *overrides)
 
 
 def snapshot_files(out) -> dict:
@@ -288,8 +281,7 @@ def test_the_loop_respects_the_disk_bound(tmp_path, dataset):
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_turning_posthoc_ema_on_at_resume_is_refused(tmp_path, dataset):
-    Trainer(load_config(None, [*TINY, f"train.output_dir={tmp_path}", "train.export=false",
-                               "train.max_steps=2"]), dataset=dataset).run()
+    make_tiny(tmp_path, dataset, "train.max_steps=2").run()
     with pytest.raises(ValueError, match=r"train.posthoc_ema True \(checkpoint: False\)"):
         make(tmp_path, dataset, "train.max_steps=4").run()
 
