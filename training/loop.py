@@ -310,14 +310,15 @@ class Trainer:
         check_manifest(Path(path))
         self.accelerator.load_state(str(path))
         logger.info("resumed from %s at step %d", path, self.state.step)
-        if self.posthoc is not None and self.accelerator.is_main_process:
-            # later snapshots came from the interrupted run: this run rewrites them from its own
-            removed = remove_snapshots_after(self.output_dir, self.state.step)
-            if removed:
-                logger.warning("removed %d post-hoc EMA snapshots after step %d (%s): the resumed run "
-                               "writes them again", len(removed), self.state.step,
-                               ", ".join(p.name for p in removed))
-        self.accelerator.wait_for_everyone()
+        if self.posthoc is not None:
+            if self.accelerator.is_main_process:
+                # later snapshots came from the interrupted run: this run rewrites them from its own
+                removed = remove_snapshots_after(self.output_dir, self.state.step)
+                if removed:
+                    logger.warning("removed %d post-hoc EMA snapshots after step %d (%s): the resumed "
+                                   "run writes them again", len(removed), self.state.step,
+                                   ", ".join(p.name for p in removed))
+            self.accelerator.wait_for_everyone()
 
     def check_resume_settings(self, path: Path) -> list:
         """Compare this run's config with the one saved in checkpoint ``path``
