@@ -390,3 +390,45 @@ def test_the_command_refuses_a_run_without_snapshots(tmp_path, capsys):
     (tmp_path / "training_config.yaml").write_text("train:\n  max_steps: 2\n")
     assert main(["posthoc-ema", "--run", str(tmp_path), "--sigma-rel", "0.07"]) == 2
     assert "no post-hoc EMA snapshots" in capsys.readouterr().err
+
+
+# -- other families and several processes -----------------------------------------------------
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_gan_tracks_its_generator_and_counts_its_own_steps(tmp_path, dataset):
+    """The GAN's EMA module is the generator: its snapshots hold generator weights only, with
+    ``t`` = the generator's optimizer steps."""
+    from test_nonfinite import GAN_TINY
+
+    trainer = make(tmp_path, dataset, *GAN_TINY, "train.max_steps=3")
+    trainer.run()
+    assert set(trainer.posthoc.emas) == {"generator"}
+    meta = read_metadata(list_snapshots(tmp_path)[-1])
+    assert meta["step"] == 3 and meta["t"] == {"generator": 3}
+    rebuilt = reconstruct(tmp_path, 0.05)["generator"]
+    generator = trainer.accelerator.unwrap_model(trainer.modules["generator"])
+    assert set(rebuilt) == {n for n, _ in generator.named_parameters()}
+    for name, value in trainer.posthoc.emas["generator"].shadows[0].items():
+        torch.testing.assert_close(rebuilt[name], value, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_set_of_snapshots(tmp_path):
+    """Two gloo processes (accelerate launch --multi_gpu on CPU): the main process writes each
+    snapshot once, complete, with the module's step count; the others wait at the barrier."""
+    from training_helpers import TINY, free_port, make_fashion_root, run_python
+
+    root = make_fashion_root(tmp_path / "fmnist", n_train=64, n_test=16)
+    common = [*TINY, f"data.root={root}", "train.max_steps=4", "train.checkpoint_every=0",
+              "train.lr_scheduler=constant", "train.lr_warmup_steps=0", "train.export=false",
+              "train.posthoc_ema=true", "train.posthoc_ema_snapshot_every=2"]
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "training"]
+    run_python([*launch, *common, "train.batch_size=8", f"train.output_dir={tmp_path / 'two'}"],
+               timeout=400)
+    assert sorted(p.name for p in (tmp_path / "two" / "posthoc-ema").iterdir()) == [
+        "snapshot-0000002.safetensors", "snapshot-0000004.safetensors"]  # no .tmp- leftovers
+    assert read_metadata(list_snapshots(tmp_path / "two")[-1])["t"] == {"model": 4}
+    rebuilt = reconstruct(tmp_path / "two", 0.10)["model"]
+    assert all(torch.isfinite(v).all() for v in rebuilt.values()) and len(rebuilt) > 10
