@@ -4,6 +4,8 @@ Mixed precision, gradient accumulation, DDP via ``accelerate launch`` / ``torchr
 warm-up (diffusers ``EMAModel``), LR schedules (diffusers ``get_scheduler``), TensorBoard logging,
 periodic evaluation / sample grids from the EMA weights, atomic ``save_state`` checkpoints and exact
 resume (step, epoch, position in the data, optimizer, LR schedule, EMA, RNG), and a final export.
+With ``train.posthoc_ema`` it also tracks power-function EMAs and writes their snapshots, from which
+an EMA of any length is rebuilt after training (:mod:`training.posthoc_ema`, Karras et al. 2024).
 Nothing fails silently: a non-finite loss or gradient skips the optimizer step (and stops the run
 after ``train.max_nonfinite_steps`` in a row), and no checkpoint or export is written from NaN/inf
 weights (:class:`NonFiniteError`).
