@@ -1,4 +1,5 @@
-"""``python -m training --config FILE [section.key=value ...]`` (also under ``accelerate launch -m``)."""
+"""``python -m training --config FILE [section.key=value ...]`` (also under ``accelerate launch -m``),
+and ``python -m training posthoc-ema --run DIR ...`` (:mod:`training.posthoc_export`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ import sys
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["posthoc-ema"]:
+        from training.posthoc_export import main as posthoc_main
+
+        return posthoc_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Train a model from a YAML config with key=value overrides. Works the same "
                     "under `accelerate launch -m training ...` and `torchrun -m training ...`.",
         epilog="example: python -m training --config training/configs/fashion_mnist_quick.yaml "
-               "train.max_steps=200 train.output_dir=runs/try")
+               "train.max_steps=200 train.output_dir=runs/try. After a run with "
+               "train.posthoc_ema=true: python -m training posthoc-ema --run DIR --sigma-rel 0.07 "
+               "(see python -m training posthoc-ema --help)")
     parser.add_argument("--config", help="YAML config file (see training/configs/)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--debug", action="store_true",

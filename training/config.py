@@ -155,6 +155,11 @@ class TrainConfig:
     use_ema: bool = True
     ema_max_decay: float = 0.999
     ema_warmup: bool = True            # k-th update: min(max, 1 - k^(-2/3)); false: max from k=2
+    posthoc_ema: bool = False          # also track power-function EMAs and write their snapshots, so
+                                       # an EMA of any length can be rebuilt after training (EDM2)
+    posthoc_ema_sigma_rels: Tuple[float, ...] = (0.05, 0.10)  # relative lengths tracked, in (0, 0.2887)
+    posthoc_ema_snapshot_every: int = 500   # steps between snapshots (and one at the end)
+    posthoc_ema_max_snapshots: int = 32     # disk bound; older ones thinned to double spacing; 0: all
     log_every: int = 50
     sample_every: int = 500            # sample grid (or eval) every k steps; 0: only at the end
     checkpoint_every: int = 500        # 0: only at the end
@@ -254,12 +259,35 @@ def load_config(path: Union[str, Path, None] = None,
         raise ValueError(f"gan.diffaugment may list color, translation, cutout; got {unknown}")
     if len(g.adam_betas) != 2:
         raise ValueError(f"gan.adam_betas must be two numbers, got {g.adam_betas}")
+    if t.posthoc_ema:
+        check_posthoc_ema(t, objective)
     p = cfg.prior
     if not 0 <= p.cond_drop_prob <= 1 or not 0 <= p.dropout < 1:
         raise ValueError(f"prior.cond_drop_prob must be in [0, 1] and prior.dropout in [0, 1), got "
                          f"{p.cond_drop_prob}, {p.dropout}")
     objective.check_config(cfg)
     return cfg
+
+
+def check_posthoc_ema(t: TrainConfig, objective) -> None:
+    """Raise ``ValueError`` for post-hoc EMA settings that cannot work (before any heavy work)."""
+    from training.posthoc_ema import check_sigma_rel  # light: numpy, torch, safetensors
+
+    if not objective.ema_modules:
+        raise ValueError(f"train.posthoc_ema=true: objective {t.objective!r} keeps no EMA of its "
+                         f"weights (its ema_modules is empty); set train.posthoc_ema=false")
+    sigma_rels = t.posthoc_ema_sigma_rels
+    for s in sigma_rels:
+        check_sigma_rel("each of train.posthoc_ema_sigma_rels", s)
+    if len(set(sigma_rels)) < 2:
+        raise ValueError(f"train.posthoc_ema_sigma_rels needs at least two different lengths to "
+                         f"reconstruct others from (Karras et al. 2024 track 0.05 and 0.10), got "
+                         f"{list(sigma_rels)}")
+    check_int("train.posthoc_ema_snapshot_every", t.posthoc_ema_snapshot_every, low=1)
+    check_int("train.posthoc_ema_max_snapshots", t.posthoc_ema_max_snapshots, low=0)
+    if t.posthoc_ema_max_snapshots == 1:
+        raise ValueError("train.posthoc_ema_max_snapshots=1 keeps only the newest snapshot, from "
+                         "which no other length can be rebuilt; use 0 (no bound) or >= 2")
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:
@@ -298,6 +326,8 @@ RESUME_POLICY = {
     "train.gradient_accumulation_steps": "refuse",
     "train.mixed_precision": "refuse",  # the fp16 gradient scaler is (or is not) in the checkpoint
     "train.use_ema": "refuse",          # the EMA is (or is not) in the checkpoint
+    "train.posthoc_ema": "refuse",      # the tracked post-hoc EMAs are (or are not) in it
+    "train.posthoc_ema_sigma_rels": "refuse",  # the tracked EMAs were averaged with these lengths
     # hyper-parameters the loop reads afresh or re-sets after loading the checkpoint
     "train.output_dir": "apply",        # resuming another run's checkpoint into a new folder
     "train.resume": "apply",
@@ -311,6 +341,8 @@ RESUME_POLICY = {
     "train.lr_warmup_steps": "apply",
     "train.ema_max_decay": "apply",     # set on the restored EMA (its state dict holds the old one)
     "train.ema_warmup": "apply",
+    "train.posthoc_ema_snapshot_every": "apply",  # which later steps get a snapshot; each records its step
+    "train.posthoc_ema_max_snapshots": "apply",   # the bound is applied at the next snapshot
     "train.log_every": "apply",
     "train.sample_every": "apply",
     "train.checkpoint_every": "apply",

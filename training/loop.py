@@ -4,6 +4,8 @@ Mixed precision, gradient accumulation, DDP via ``accelerate launch`` / ``torchr
 warm-up (diffusers ``EMAModel``), LR schedules (diffusers ``get_scheduler``), TensorBoard logging,
 periodic evaluation / sample grids from the EMA weights, atomic ``save_state`` checkpoints and exact
 resume (step, epoch, position in the data, optimizer, LR schedule, EMA, RNG), and a final export.
+With ``train.posthoc_ema`` it also tracks power-function EMAs and writes their snapshots, from which
+an EMA of any length is rebuilt after training (:mod:`training.posthoc_ema`, Karras et al. 2024).
 Nothing fails silently: a non-finite loss or gradient skips the optimizer step (and stops the run
 after ``train.max_nonfinite_steps`` in a row), and no checkpoint or export is written from NaN/inf
 weights (:class:`NonFiniteError`).
@@ -48,6 +50,7 @@ from tqdm.auto import tqdm
 from training.checkpoints import (CHECKPOINT_PREFIX, check_manifest, list_checkpoints, resume_path,
                                   write_manifest)
 from training.config import ExperimentConfig, compare_resume_settings, to_flat_dict, to_yaml
+from training.posthoc_ema import PosthocEMA, remove_snapshots_after, write_snapshot
 from training.state import EpochSampler, TrainState, batches
 from diffusion.hardware import hardware_description
 from diffusion.data import TensorImageDataset, load_dataset
@@ -186,9 +189,16 @@ class Trainer:
                 ema = build_ema(acc.unwrap_model(self.modules[n]).parameters(), t)
                 ema.to(acc.device)
                 self.emas[n] = ema
+        self.posthoc = None  # power-function EMAs for post-hoc EMA (training/posthoc_ema.py)
+        if t.posthoc_ema:
+            self.posthoc = PosthocEMA({n: acc.unwrap_model(self.modules[n])
+                                       for n in self.objective.ema_modules},
+                                      t.posthoc_ema_sigma_rels).to(acc.device)
         self.state = TrainState(t.seed * 1000 + acc.process_index, acc.process_index)
         self.skips_in_a_row = {name: 0 for name in optimizers}  # non-finite steps, per optimizer
-        for obj in (self.state, *self.lr_schedulers.values(), *self.emas.values()):
+        # registered last: a run without post-hoc EMA saves the same custom states as before
+        for obj in (self.state, *self.lr_schedulers.values(), *self.emas.values(),
+                    *([self.posthoc] if self.posthoc else [])):
             acc.register_for_checkpointing(obj)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -231,6 +241,27 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
+    def save_posthoc_snapshot(self) -> Path:
+        """Write the tracked post-hoc EMAs as ``posthoc-ema/snapshot-<step>.safetensors``
+        atomically (main process; :func:`training.posthoc_ema.write_snapshot`), keeping at most
+        ``train.posthoc_ema_max_snapshots``. Snapshots live outside the checkpoints and survive
+        their rotation; a resume removes those later than its checkpoint and writes them again.
+
+        Raises:
+            NonFiniteError: a tracked weight is NaN / inf (nothing written).
+        """
+        acc, t = self.accelerator, self.cfg
+        path = self.output_dir / "posthoc-ema" / f"snapshot-{self.state.step:07d}.safetensors"
+        self.check_finite_weights(f"post-hoc EMA snapshot {path}")
+        if acc.is_main_process:
+            path = write_snapshot(self.output_dir, self.state.step, self.posthoc,
+                                  {"num_classes": self.objective.num_classes,
+                                   "class_names": list(self.objective.class_names)},
+                                  every=t.posthoc_ema_snapshot_every,
+                                  max_snapshots=t.posthoc_ema_max_snapshots)
+        acc.wait_for_everyone()
+        return path
+
     def last_checkpoint_text(self) -> str:
         """"last good checkpoint: <path>" or that there is none (checkpoints are only written from
         finite weights, so the newest one is good)."""
@@ -250,6 +281,11 @@ class Trainer:
                 shadow = self.emas[n].shadow_params
                 names = [name for name, _ in named] if len(named) == len(shadow) else range(len(shadow))
                 bad += [f"EMA {n}.{name}" for name, s in zip(names, shadow) if not torch.isfinite(s).all()]
+            if self.posthoc is not None and n in self.posthoc.emas:
+                ema = self.posthoc.emas[n]
+                bad += [f"post-hoc EMA (sigma_rel {sigma_rel}) {n}.{name}"
+                        for sigma_rel, shadow in zip(ema.sigma_rels, ema.shadows)
+                        for name, s in shadow.items() if not torch.isfinite(s).all()]
         return bad
 
     def check_finite_weights(self, what: str, collective: bool = True) -> None:
@@ -276,6 +312,15 @@ class Trainer:
         check_manifest(Path(path))
         self.accelerator.load_state(str(path))
         logger.info("resumed from %s at step %d", path, self.state.step)
+        if self.posthoc is not None:
+            if self.accelerator.is_main_process:
+                # later snapshots came from the interrupted run: this run rewrites them from its own
+                removed = remove_snapshots_after(self.output_dir, self.state.step)
+                if removed:
+                    logger.warning("removed %d post-hoc EMA snapshots after step %d (%s): the resumed "
+                                   "run writes them again", len(removed), self.state.step,
+                                   ", ".join(p.name for p in removed))
+            self.accelerator.wait_for_everyone()
 
     def check_resume_settings(self, path: Path) -> list:
         """Compare this run's config with the one saved in checkpoint ``path``
@@ -406,6 +451,10 @@ class Trainer:
         for n, ema in self.emas.items():
             if n in stepped:
                 ema.step(acc.unwrap_model(self.modules[n]).parameters())
+        if self.posthoc is not None:
+            for n, ema in self.posthoc.emas.items():
+                if n in stepped:
+                    ema.step(acc.unwrap_model(self.modules[n]).named_parameters())
         if stepped:
             self.state.step += 1
         return logs
@@ -498,9 +547,13 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items() if "/" not in k})
             if t.sample_every and state.step % t.sample_every == 0 and state.step < t.max_steps:
                 self.evaluate()
+            if self.posthoc is not None and state.step % t.posthoc_ema_snapshot_every == 0:
+                self.save_posthoc_snapshot()
             if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step < t.max_steps:
                 self.save_checkpoint()
         bar.close()
+        if self.posthoc is not None and state.step % t.posthoc_ema_snapshot_every != 0:
+            self.save_posthoc_snapshot()  # the end of training is always a snapshot
         final_scalars = self.evaluate()
         saved = [p.name for p in list_checkpoints(self.output_dir)]
         if f"{CHECKPOINT_PREFIX}{state.step:07d}" not in saved[-1:]:
@@ -543,11 +596,17 @@ class Trainer:
             "figures": figures,
         }
         (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        for f in tmp.rglob("*"):  # safetensors writes 0600; shipped weights must be readable
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        publish_export(tmp, out)
+
+
+def publish_export(tmp: Path, out: Path) -> None:
+    """Make the export written in ``tmp`` readable by all and rename it to ``out`` (replacing an
+    older one): an interrupted export leaves only ``tmp``."""
+    for f in tmp.rglob("*"):  # safetensors writes 0600; shipped weights must be readable
+        f.chmod(0o755 if f.is_dir() else 0o644)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
 
 
 def _command_line() -> str:
