@@ -214,6 +214,41 @@ def test_k_nonfinite_steps_in_a_row_stop_the_run_naming_the_last_checkpoint(data
     assert_same_bits({k: live[k] for k in saved}, saved)
 
 
+def test_after_the_stop_a_resume_from_the_last_good_checkpoint_ends_as_an_unfaulted_run(
+        data_root, tmp_path):
+    """The fault goes away (a transient NaN): resuming from the checkpoint the stop names ends
+    bit-identical to a run that never saw it (weights, EMA, Adam state)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    common = ("train.max_steps=6", "train.checkpoint_every=2", "train.checkpoints_total_limit=5",
+              "train.max_nonfinite_steps=2", "train.export=false")
+
+    def end_state(t):
+        model = t.accelerator.unwrap_model(t.modules["model"])
+        return {"params": {n: p.detach().clone() for n, p in model.named_parameters()},
+                "ema": [s.clone() for s in t.emas["model"].shadow_params],
+                "adam": copy.deepcopy(t.optimizers["model"].optimizer.state_dict()["state"])}
+
+    clean = Trainer(tiny_cfg(data_root, tmp_path / "clean", *common))
+    clean.run()
+    expected = end_state(clean)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+    out = tmp_path / "faulty"
+    faulty = Trainer(tiny_cfg(data_root, out, *common))
+    Faults(faulty, calls=range(4, 6), snapshots=False)     # steps 4 and 5 (0-based calls) NaN
+    with pytest.raises(NonFiniteError, match="last good checkpoint: .*checkpoint-0000004"):
+        faulty.run()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+    resumed = Trainer(tiny_cfg(data_root, out, *common))   # train.resume=auto: checkpoint 4
+    resumed.run()
+    assert resumed.state.step == 6
+    assert_same_bits(end_state(resumed), expected)
+
+
 def test_the_stop_says_when_there_is_no_checkpoint(data_root, tmp_path):
     trainer = Trainer(tiny_cfg(data_root, tmp_path / "run", "train.max_steps=10",
                                "train.max_nonfinite_steps=2"))
