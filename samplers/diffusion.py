@@ -33,6 +33,15 @@ samplers refuse the options by name (``ValueError``).
 A zero-terminal-SNR training schedule (``rescale_betas_zero_snr``, Lin et al. 2024) reaches the
 samplers that can start at SNR 0 (:func:`zero_terminal_snr_samplers`); the others refuse it by
 name, and so does every sampler for an epsilon model (``ValueError``).
+
+Each sampler applies to one parameterisation (:data:`PARAMETERISATIONS`,
+``SamplerSpec.parameterisation``): "ddpm" (the above) or "flow" - flow matching / rectified flow
+(Lipman et al. 2023; Liu et al. 2023), whose training schedule is a diffusers
+``FlowMatchEulerDiscreteScheduler`` carrying ``num_train_timesteps`` and ``shift``
+(:func:`flow_training_schedule`; Esser et al. 2024) and whose network predicts the velocity
+``eps - x0`` at ``t = sigma * num_train_timesteps``: ``flow-euler``, ``flow-heun``,
+``flow-dpmpp-2m``, ``flow-unipc``. A sampler of the other parameterisation is refused by name,
+with the ones that do apply (:func:`check_parameterisation`, :func:`samplers_for`).
 """
 
 from __future__ import annotations

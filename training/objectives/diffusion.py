@@ -37,7 +37,7 @@ from diffusion.conditioning import PromptEmbeddingCache, load_text_encoder, text
 from diffusion.models.unet import build_unet
 from diffusion.pipelines.base import eval_mode
 from diffusion.pipelines.diffusion import DiffusionImagePipeline
-from samplers.diffusion import build_sampler
+from samplers.diffusion import build_sampler, list_samplers
 from training.objectives.base import Objective, quiet
 
 #: config name -> diffusers ``beta_schedule``
@@ -95,6 +95,17 @@ class DiffusionObjective(Objective):
         super().__init__(cfg, num_classes, class_names)
         self.modules["model"] = self.build_unet()
         self.noise_scheduler = self.build_training_scheduler()
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse a ``diffusion.sampler`` that is not a DDPM sampler (a flow-matching one is for
+        ``train.objective=flow-matching``), before training rather than at the first grid."""
+        name, ddpm = cfg.diffusion.sampler, list_samplers("ddpm")
+        if name not in ddpm:
+            hint = " (a flow-matching sampler: see train.objective=flow-matching)" \
+                if name in list_samplers("flow") else ""
+            raise ValueError(f"diffusion.sampler must be a sampler for DDPM models, one of {ddpm}; "
+                             f"got {name!r}{hint}")
 
     def build_training_scheduler(self):
         """The training schedule, saved with the export and the one samplers are built on:

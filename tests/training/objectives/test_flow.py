@@ -147,6 +147,14 @@ def test_flow_config_refusals(override, message):
         flow_cfg(override)
 
 
+@pytest.mark.parametrize("objective", ["diffusion", "text-diffusion"])
+def test_ddpm_objectives_refuse_a_flow_sampler_at_load(objective):
+    with pytest.raises(ValueError, match=r"diffusion.sampler must be a sampler for DDPM models.*"
+                                         r"got 'flow-heun' \(a flow-matching sampler"):
+        load_config(None, [f"train.objective={objective}", "diffusion.sampler=flow-heun"])
+    assert load_config(None, [f"train.objective={objective}", "diffusion.sampler=heun"])
+
+
 def test_committed_flow_config_matches_the_diffusion_recipe():
     from training_helpers import REPO
 
