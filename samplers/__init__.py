@@ -2,17 +2,23 @@
 
 from samplers.diffusion import (
     DEFAULT_SAMPLER,
+    FLOW_PREDICTION_TYPES,
+    PARAMETERISATIONS,
     PREDICTION_TYPES,
     SamplerSpec,
     build_sampler,
+    check_parameterisation,
     check_prediction_type,
     clipping_options,
+    flow_training_schedule,
     list_samplers,
     nfe_for_steps,
+    parameterisation_of,
     register_sampler,
     sampler_name,
     sampler_name_of,
     sampler_spec,
+    samplers_for,
     steps_for_nfe,
     training_schedule,
 )
@@ -27,10 +33,11 @@ from samplers.logits import (
     reorder_cache,
 )
 
-__all__ = ["DEFAULT_SAMPLER", "PREDICTION_TYPES", "SamplerSpec", "build_sampler",
-           "check_prediction_type", "clipping_options", "list_samplers", "nfe_for_steps",
-           "register_sampler", "sampler_name", "sampler_name_of",
-           "sampler_spec", "steps_for_nfe", "training_schedule",
+__all__ = ["DEFAULT_SAMPLER", "FLOW_PREDICTION_TYPES", "PARAMETERISATIONS", "PREDICTION_TYPES",
+           "SamplerSpec", "build_sampler", "check_parameterisation", "check_prediction_type",
+           "clipping_options", "flow_training_schedule", "list_samplers", "nfe_for_steps",
+           "parameterisation_of", "register_sampler", "sampler_name", "sampler_name_of",
+           "sampler_spec", "samplers_for", "steps_for_nfe", "training_schedule",
            # token decoding (samplers/decoding.py, samplers/logits.py)
            "DecodeOutput", "LogitsProcessorList", "TemperatureLogitsWarper", "TokenModel",
            "TopKLogitsWarper", "TopPLogitsWarper", "build_logits_processors",

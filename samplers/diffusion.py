@@ -33,6 +33,15 @@ samplers refuse the options by name (``ValueError``).
 A zero-terminal-SNR training schedule (``rescale_betas_zero_snr``, Lin et al. 2024) reaches the
 samplers that can start at SNR 0 (:func:`zero_terminal_snr_samplers`); the others refuse it by
 name, and so does every sampler for an epsilon model (``ValueError``).
+
+Each sampler applies to one parameterisation (:data:`PARAMETERISATIONS`,
+``SamplerSpec.parameterisation``): "ddpm" (the above) or "flow" - flow matching / rectified flow
+(Lipman et al. 2023; Liu et al. 2023), whose training schedule is a diffusers
+``FlowMatchEulerDiscreteScheduler`` carrying ``num_train_timesteps`` and ``shift``
+(:func:`flow_training_schedule`; Esser et al. 2024) and whose network predicts the velocity
+``eps - x0`` at ``t = sigma * num_train_timesteps``: ``flow-euler``, ``flow-heun``,
+``flow-dpmpp-2m``, ``flow-unipc``. A sampler of the other parameterisation is refused by name,
+with the ones that do apply (:func:`check_parameterisation`, :func:`samplers_for`).
 """
 
 from __future__ import annotations
@@ -43,24 +52,26 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 from diffusers import (
-    DDIMScheduler,
     DDPMScheduler,
     DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
-    PNDMScheduler,
     UniPCMultistepScheduler,
 )
-from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from samplers.checks import check_int
+# Re-exported: the scheduler subclasses lived here before samplers/schedulers.py.
+from samplers.schedulers import (PREDICTION_TYPES, FlowDPMSolverMultistepScheduler,  # noqa: F401
+                                 FlowUniPCMultistepScheduler, ScheduledDDIMScheduler,
+                                 ScheduledPNDMScheduler, _next_timestep, _x0_and_epsilon)
 
 #: Keys of a scheduler config that describe the *training* noise schedule.
 #: ``rescale_betas_zero_snr`` is carried only when on (:func:`training_schedule`), so schedules
@@ -75,8 +86,15 @@ ZERO_SNR_PREDICTION_TYPES = ("v_prediction", "sample")
 
 DEFAULT_SAMPLER = "dpmpp-2m"
 
-#: What a network may predict (``prediction_type`` of the training schedule).
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: How a network's output relates to ``x_t`` (the ``parameterisation`` of a sampler or a training
+#: schedule): "ddpm" - discrete DDPM timesteps, ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps``, the
+#: network predicts epsilon, v or x0 (:data:`PREDICTION_TYPES`); "flow" - flow matching / rectified
+#: flow (Lipman et al. 2023; Liu et al. 2023), ``x_t = (1 - sigma) x0 + sigma eps`` with sigma in
+#: [0, 1], the network predicts the velocity ``eps - x0`` at ``t = sigma * num_train_timesteps``.
+PARAMETERISATIONS = ("ddpm", "flow")
+
+#: What a flow-matching network predicts (diffusers' name for the velocity ``eps - x0``).
+FLOW_PREDICTION_TYPES = ("flow_prediction",)
 
 #: Scheduler options that clip or threshold the x0 prediction -> the switch each needs (``None``:
 #: it is the switch). Clipping: ``x0 -> clamp(x0, -clip_sample_range, clip_sample_range)``.
@@ -103,163 +121,9 @@ class SamplerSpec:
     # Noise level the last step lands on: "zero" (the clean sample x0) or "sigma_min" (the t = 0
     # training noise level, sigma = sqrt(1 - abar_0) / sqrt(abar_0), ~0.01 on the linear schedule).
     final_sigmas_type: str = "zero"
-
-
-def _next_timestep(timesteps: torch.Tensor, timestep) -> int:
-    """The entry after ``timestep`` in the descending schedule ``timesteps`` (repeats count once);
-    -1 after the last, where DDIM and PNDM use ``final_alpha_cumprod``."""
-    later = timesteps[timesteps < timestep]
-    return int(later[0]) if len(later) else -1
-
-
-def _x0_and_epsilon(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t,
-                    prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x0_pred, eps_pred)`` from a network output at ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps``
-    (Ho et al. 2020, eq. 4; v = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho 2022);
-    the same expressions as diffusers' ``DDIMScheduler.step``."""
-    beta_prod_t = 1 - alpha_prod_t
-    if prediction_type == "epsilon":
-        return (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5, model_output
-    if prediction_type == "sample":
-        return model_output, (sample - alpha_prod_t ** 0.5 * model_output) / beta_prod_t ** 0.5
-    if prediction_type == "v_prediction":
-        return (alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output,
-                alpha_prod_t ** 0.5 * model_output + beta_prod_t ** 0.5 * sample)
-    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-
-
-class ScheduledDDIMScheduler(DDIMScheduler):
-    """DDIM (Song et al. 2021, eq. 12; eq. 16 for ``eta``) stepping to the next scheduled timestep.
-
-    Why not diffusers' ``DDIMScheduler`` as is: its ``step`` (0.42) goes from ``t`` to
-    ``t - T // n``, the stride of "leading" spacing. On the "trailing" schedule used here that is
-    one timestep off whenever ``n`` does not divide ``T``, and where ``T / n`` rounds up (18 of
-    n = 1..50, e.g. 6, 7, 13) the last step lands on ``t = 0`` instead of the clean sample, leaving
-    noise of std ``sqrt(1 - abar_0)`` (0.01 on the linear schedule) in every image (diffusers
-    issues #9261, #12633). Here ``prev_t`` is the next entry of ``self.timesteps``, as in diffusers'
-    ``DDPMScheduler.previous_timestep`` since PR #9384; where the stride is exact (``T % n == 0``,
-    or "leading" spacing) the result is bit-identical to the parent's.
-
-    And with ``clip_sample`` or ``thresholding`` on, eq. 12 takes the epsilon recomputed from the
-    clipped x0 - always, as the parent does only when called with ``use_clipped_model_output=True``.
-    The parent's default keeps the network's epsilon beside the clipped x0: a step that mixes two
-    different x0 (with an exact denoiser for data in [-1.5, 1.5], one step is up to 0.39 off the
-    consistent one, 10 steps drift 0.55; the shipped model's conditional accuracy was 0.57 with
-    it, 0.94 unclipped). The rest of ``step`` (``eta``, ``variance_noise``) mirrors the parent
-    line by line.
-    """
-
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
-             use_clipped_model_output: Optional[bool] = None,
-             generator: Optional[torch.Generator] = None,
-             variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
-        """``x_{t_prev}`` from the network output at ``(x_t, t)``; arguments as the parent's.
-
-        ``use_clipped_model_output``: ``None`` (the default) or ``True``; the epsilon is recomputed
-        from x0 whenever x0 is clipped or thresholded. Raises ``ValueError`` for ``False`` with
-        clipping or thresholding on (the inconsistent update the parent would make).
-        """
-        if self.num_inference_steps is None:
-            raise ValueError("num_inference_steps is None: call set_timesteps before step")
-        clips = bool(self.config.thresholding or self.config.clip_sample)
-        if clips and use_clipped_model_output is False:
-            raise ValueError("use_clipped_model_output=False with clip_sample or thresholding on "
-                             "would pair the clipped x0 with the unclipped epsilon in DDIM eq. 12; "
-                             "this sampler always recomputes epsilon from the clipped x0: "
-                             "pass None")
-        prev_t = _next_timestep(self.timesteps, timestep)
-        alpha_prod_t = self.alphas_cumprod[timestep]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        x0_pred, eps_pred = _x0_and_epsilon(model_output, sample, alpha_prod_t,
-                                            self.config.prediction_type)
-        if self.config.thresholding:
-            x0_pred = self._threshold_sample(x0_pred)
-        elif self.config.clip_sample:
-            x0_pred = x0_pred.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
-        std_dev_t = eta * self._get_variance(timestep, prev_t) ** 0.5   # sigma_t(eta), eq. 16
-        if clips or use_clipped_model_output:  # the epsilon of the clipped x0 (eq. 12 needs one x0)
-            eps_pred = (sample - alpha_prod_t ** 0.5 * x0_pred) / (1 - alpha_prod_t) ** 0.5
-        # eq. 12: sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma_t^2) eps + sigma_t z
-        prev_sample = (alpha_prod_t_prev ** 0.5 * x0_pred
-                       + (1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5 * eps_pred)
-        if eta > 0:
-            if variance_noise is not None and generator is not None:
-                raise ValueError("pass either generator or variance_noise, not both")
-            if variance_noise is None:
-                variance_noise = randn_tensor(model_output.shape, generator=generator,
-                                              device=model_output.device, dtype=model_output.dtype)
-            prev_sample = prev_sample + std_dev_t * variance_noise
-        if not return_dict:
-            return prev_sample, x0_pred
-        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_pred)
-
-
-class ScheduledPNDMScheduler(PNDMScheduler):
-    """PLMS (Liu et al. 2022, pseudo linear multi-step on epsilon) along its own timestep schedule.
-
-    Why not diffusers' ``PNDMScheduler`` as is (0.42, ``skip_prk_steps=True``):
-
-    1. like DDIM, ``step_plms`` steps from ``t`` to ``t - T // n``: on the "trailing" schedule it
-       is exact only when ``n`` divides ``T``; otherwise the sample lands one timestep away from
-       where the next network call is made, and the last step can end on ``t = 0``;
-    2. it extrapolates the *raw* network outputs and converts the result to epsilon only at the
-       current ``(x_t, t)``. For v- or x0-prediction that is not PLMS (whose multistep formula is
-       for epsilon, constant along an exact probability-flow path) and degrades it to first order;
-       for ``"sample"`` diffusers raises.
-
-    Here every output is converted to epsilon where it was evaluated, and ``t_prev`` is the next
-    entry of the schedule; for epsilon-prediction with ``T % n == 0`` the result is bit-identical
-    to the parent's.
-    The PRK warm-up (``skip_prk_steps=False``) is left to the parent.
-    """
-
-    def step_plms(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
-                  return_dict: bool = True):
-        """One PLMS step; the first step's second call re-does it with the mean of two slopes."""
-        if not self.config.skip_prk_steps:
-            return super().step_plms(model_output, timestep, sample, return_dict)
-        if self.num_inference_steps is None:
-            raise ValueError("num_inference_steps is None: call set_timesteps before step")
-        _, eps = _x0_and_epsilon(model_output, sample, self.alphas_cumprod[timestep],
-                                 self.config.prediction_type)
-        prev_t = _next_timestep(self.timesteps, timestep)
-        if self.counter != 1:
-            self.ets = self.ets[-3:]
-            self.ets.append(eps)
-        else:  # x_{t1} was predicted from t0 with one slope: redo t0 -> t1 with the mean slope
-            prev_t, timestep = int(timestep), int(self.timesteps[self.timesteps > timestep][-1])
-
-        if len(self.ets) == 1 and self.counter == 0:
-            eps_prime = eps
-            self.cur_sample = sample
-        elif len(self.ets) == 1 and self.counter == 1:
-            eps_prime = (eps + self.ets[-1]) / 2
-            sample, self.cur_sample = self.cur_sample, None
-        elif len(self.ets) == 2:
-            eps_prime = (3 * self.ets[-1] - self.ets[-2]) / 2
-        elif len(self.ets) == 3:
-            eps_prime = (23 * self.ets[-1] - 16 * self.ets[-2] + 5 * self.ets[-3]) / 12
-        else:
-            eps_prime = (1 / 24) * (55 * self.ets[-1] - 59 * self.ets[-2] + 37 * self.ets[-3]
-                                    - 9 * self.ets[-4])
-        prev_sample = self._transfer(sample, timestep, prev_t, eps_prime)
-        self.counter += 1
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
-
-    def _transfer(self, sample: torch.Tensor, timestep, prev_timestep: int,
-                  eps: torch.Tensor) -> torch.Tensor:
-        """The transfer part phi of Liu et al. 2022 (a DDIM step written as in diffusers'
-        ``PNDMScheduler._get_prev_sample``), with ``eps`` already epsilon."""
-        alpha_prod_t = self.alphas_cumprod[timestep]
-        alpha_prod_t_prev = (self.alphas_cumprod[prev_timestep] if prev_timestep >= 0
-                             else self.final_alpha_cumprod)
-        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
-        sample_coeff = (alpha_prod_t_prev / alpha_prod_t) ** 0.5
-        eps_denom = (alpha_prod_t * beta_prod_t_prev ** 0.5
-                     + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** 0.5)
-        return sample_coeff * sample - (alpha_prod_t_prev - alpha_prod_t) * eps / eps_denom
+    # The model parameterisation the update is for (PARAMETERISATIONS): build_sampler refuses a
+    # training schedule of the other one, naming the samplers that apply.
+    parameterisation: str = "ddpm"
 
 
 _REGISTRY: dict[str, SamplerSpec] = {
@@ -303,12 +167,42 @@ _REGISTRY: dict[str, SamplerSpec] = {
     # does by default. ScheduledPNDMScheduler: see its docstring (stride and v/x0 outputs).
     "pndm": SamplerSpec(ScheduledPNDMScheduler, {"skip_prk_steps": True, "set_alpha_to_one": True},
                         False, "Liu et al. 2022 (PLMS)"),
+    # Flow matching (velocity networks, FLOW_PREDICTION_TYPES), built on (num_train_timesteps,
+    # shift) of the training schedule (flow_training_schedule).
+    "flow-euler": SamplerSpec(FlowMatchEulerDiscreteScheduler, {}, False,
+                              "Liu et al. 2023 (rectified flow), Euler; Esser et al. 2024",
+                              FLOW_PREDICTION_TYPES, parameterisation="flow"),
+    # Heun (Karras et al. 2022, Alg. 1 on sigma in [0, 1]): 2n - 1 calls, the last step Euler.
+    "flow-heun": SamplerSpec(FlowMatchHeunDiscreteScheduler, {}, False,
+                             "Karras et al. 2022, Alg. 1 (Heun) on the flow ODE",
+                             FLOW_PREDICTION_TYPES, parameterisation="flow"),
+    "flow-dpmpp-2m": SamplerSpec(FlowDPMSolverMultistepScheduler,
+                                 {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                  "use_flow_sigmas": True, "prediction_type": "flow_prediction"},
+                                 False, "Lu et al. 2022 (DPM-Solver++), Alg. 2; flow sigmas",
+                                 FLOW_PREDICTION_TYPES, parameterisation="flow"),
+    "flow-unipc": SamplerSpec(FlowUniPCMultistepScheduler,
+                              {"solver_order": 2, "use_flow_sigmas": True,
+                               "prediction_type": "flow_prediction"},
+                              False, "Zhao et al. 2023 (UniPC); flow sigmas",
+                              FLOW_PREDICTION_TYPES, parameterisation="flow"),
 }
 
 
-def list_samplers() -> list[str]:
-    """All registered sampler names, sorted."""
-    return sorted(_REGISTRY)
+def list_samplers(parameterisation: Optional[str] = None) -> list[str]:
+    """Registered sampler names, sorted: all of them, or those for ``parameterisation`` ("ddpm"
+    or "flow", see :data:`PARAMETERISATIONS`). For the ones a given model can run, see
+    :func:`samplers_for`.
+
+    Raises:
+        ValueError: an unknown ``parameterisation``.
+    """
+    if parameterisation is None:
+        return sorted(_REGISTRY)
+    if parameterisation not in PARAMETERISATIONS:
+        raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got "
+                         f"{parameterisation!r}")
+    return sorted(n for n, spec in _REGISTRY.items() if spec.parameterisation == parameterisation)
 
 
 def sampler_spec(name: str) -> SamplerSpec:
@@ -373,7 +267,11 @@ def training_schedule(config_or_scheduler: Union[SchedulerMixin, Mapping[str, An
     rescaling them again is the identity up to float32 rounding) and the flag tells the sampler to
     treat ``t = T - 1`` as SNR 0 (:func:`zero_terminal_snr_samplers`). When off it is dropped, so a
     schedule without it builds the same sampler config as before the option existed.
+
+    A flow-matching schedule gives :func:`flow_training_schedule` instead.
     """
+    if parameterisation_of(config_or_scheduler) == "flow":
+        return flow_training_schedule(config_or_scheduler)
     if isinstance(config_or_scheduler, SchedulerMixin):
         config, betas = config_or_scheduler.config, getattr(config_or_scheduler, "betas", None)
     else:
@@ -386,6 +284,108 @@ def training_schedule(config_or_scheduler: Union[SchedulerMixin, Mapping[str, An
         betas = DDPMScheduler(**ddpm_keys).betas
     schedule["trained_betas"] = [float(b) for b in torch.as_tensor(betas, dtype=torch.float64)]
     return schedule
+
+
+def _config_of(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> Mapping[str, Any]:
+    return (config_or_scheduler.config if isinstance(config_or_scheduler, SchedulerMixin)
+            else config_or_scheduler)
+
+
+def parameterisation_of(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> str:
+    """The parameterisation (:data:`PARAMETERISATIONS`) of a training schedule or of a sampler built
+    on one: "flow" for a flow-matching schedule - diffusers' ``FlowMatch*`` scheduler configs
+    (a ``shift`` and no betas) and solvers run with ``use_flow_sigmas`` or
+    ``prediction_type="flow_prediction"`` - else "ddpm". Read from the config's keys, not from
+    the class name.
+
+    Example::
+
+        >>> from diffusers import FlowMatchEulerDiscreteScheduler
+        >>> parameterisation_of(DDPMScheduler()), parameterisation_of(FlowMatchEulerDiscreteScheduler())
+        ('ddpm', 'flow')
+    """
+    config = _config_of(config_or_scheduler)
+    betas = any(k in config for k in ("beta_schedule", "trained_betas", "beta_start"))
+    flow = (config.get("use_flow_sigmas", False) or config.get("prediction_type") in
+            FLOW_PREDICTION_TYPES or ("shift" in config and not betas))
+    return "flow" if flow else "ddpm"
+
+
+def flow_training_schedule(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> dict:
+    """``{"num_train_timesteps": T, "shift": s}`` of a flow-matching schedule (or of a flow sampler
+    built on one, whose solver keeps the shift as ``flow_shift``): the network is trained at
+    ``t = sigma * T`` with ``sigma = s u / (1 + (s - 1) u)`` for the drawn ``u`` in [0, 1]
+    (Esser et al. 2024, Sec. 5.3.2; diffusers' ``FlowMatchEulerDiscreteScheduler``).
+
+    Raises:
+        ValueError: ``use_dynamic_shifting`` is on (a shift per image resolution, ``mu``, which
+            the samplers here do not take).
+    """
+    config = _config_of(config_or_scheduler)
+    if config.get("use_dynamic_shifting", False):
+        raise ValueError("use_dynamic_shifting=True (a resolution-dependent shift mu) is not "
+                         "supported: give a fixed shift")
+    shift = config["shift"] if "shift" in config else config.get("flow_shift", 1.0)
+    return {"num_train_timesteps": int(config.get("num_train_timesteps", 1000)),
+            "shift": float(shift)}
+
+
+#: How refusals name each parameterisation.
+_DESCRIBED = {"ddpm": "DDPM models (discrete timesteps; epsilon, v or x0 prediction)",
+              "flow": "flow-matching models (velocity prediction)"}
+
+
+def check_parameterisation(name: str,
+                           config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> None:
+    """Raise ``ValueError`` unless sampler ``name`` applies to the parameterisation of the training
+    schedule ``config_or_scheduler``; the message names the samplers that do
+    (:func:`samplers_for`).
+
+    Example::
+
+        >>> check_parameterisation("flow-euler", DDPMScheduler())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: sampler 'flow-euler' is for flow-matching models (...); this model is one of the DDPM models (...): use one of [...]
+    """
+    spec, model = sampler_spec(name), parameterisation_of(config_or_scheduler)
+    if spec.parameterisation != model:
+        raise ValueError(f"sampler {name!r} is for {_DESCRIBED[spec.parameterisation]}; this "
+                         f"model is one of the {_DESCRIBED[model]}: use one of "
+                         f"{samplers_for(config_or_scheduler)}")
+
+
+def samplers_for(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> list[str]:
+    """The registered samplers that run on this training schedule (or a sampler built on it),
+    sorted: those of its parameterisation that :func:`build_sampler` accepts with their default
+    options (e.g. a zero-terminal-SNR schedule leaves out the samplers that cannot start at SNR 0,
+    an x0 model those without an x0 update). ``python -m diffusion samplers --model DIR`` lists
+    these.
+
+    Example::
+
+        >>> from diffusers import FlowMatchEulerDiscreteScheduler
+        >>> samplers_for(FlowMatchEulerDiscreteScheduler(shift=3.0))
+        ['flow-dpmpp-2m', 'flow-euler', 'flow-heun', 'flow-unipc']
+    """
+    names = []
+    for name in list_samplers(parameterisation_of(config_or_scheduler)):
+        try:
+            build_sampler(name, config_or_scheduler)
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
+def _flow_sampler_kwargs(spec: SamplerSpec,
+                         config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> dict:
+    """The constructor arguments of a flow sampler on the flow training schedule: diffusers'
+    ``FlowMatch*`` classes call the shift ``shift``, its multistep solvers ``flow_shift``."""
+    schedule = flow_training_schedule(config_or_scheduler)
+    takes = _constructor_defaults(spec.scheduler_class)
+    shift_key = "shift" if "shift" in takes else "flow_shift"
+    return {"num_train_timesteps": schedule["num_train_timesteps"], shift_key: schedule["shift"]}
 
 
 def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]],
@@ -401,8 +401,9 @@ def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
         A new diffusers scheduler; call ``set_timesteps(num_inference_steps)`` before use.
 
     Raises:
-        ValueError: unknown sampler name, a ``prediction_type`` the sampler does not accept
-            (see :func:`check_prediction_type`), an x0 clipping/thresholding option the
+        ValueError: unknown sampler name, a sampler for another parameterisation than the
+            schedule's (DDPM vs flow matching, see :func:`check_parameterisation`), a
+            ``prediction_type`` the sampler does not accept (see :func:`check_prediction_type`), an x0 clipping/thresholding option the
             sampler does not offer or that would have no effect (see :func:`clipping_options`),
             or a zero-terminal-SNR schedule (``rescale_betas_zero_snr``) that the sampler cannot
             run (see :func:`zero_terminal_snr_samplers`) or with ``prediction_type="epsilon"``.
@@ -417,6 +418,12 @@ def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
         ValueError: sampler 'euler' does not offer clip_sample (...); clip_sample is offered by ...
     """
     spec = sampler_spec(name)
+    check_parameterisation(name, config_or_scheduler)
+    if spec.parameterisation == "flow":  # sigma from 1 to 0, no betas (flow_training_schedule)
+        kwargs = {**_flow_sampler_kwargs(spec, config_or_scheduler), **spec.options, **overrides}
+        check_prediction_type(name, kwargs.get("prediction_type", FLOW_PREDICTION_TYPES[0]))
+        _check_x0_clipping(name, overrides, kwargs)
+        return spec.scheduler_class(**kwargs)
     kwargs = training_schedule(config_or_scheduler)
     kwargs.update(timestep_spacing="trailing")  # start at t = T-1 (Lin et al. 2024, Sec. 3.3)
     kwargs.update(spec.options)
@@ -448,7 +455,8 @@ def zero_terminal_snr_samplers() -> list[str]:
         >>> "euler" in zero_terminal_snr_samplers(), "heun" in zero_terminal_snr_samplers()
         (True, False)
     """
-    return [n for n in list_samplers() if _zero_snr_refusal(n, sampler_spec(n).options) is None]
+    return [n for n in list_samplers("ddpm")
+            if _zero_snr_refusal(n, sampler_spec(n).options) is None]
 
 
 #: Options that re-space the sampling sigmas from ``sigma_max`` (Karras et al. 2022, eq. 5 and
@@ -505,6 +513,9 @@ def clipping_options(name: str) -> tuple[str, ...]:
     dpmpp samplers and unipc because their data-prediction updates take x0 alone; deis because it
     converts the clipped x0 back to epsilon.
 
+    The flow samplers offer neither (diffusers' flow Euler and Heun have no x0 clipping; the flow
+    solvers are kept alike).
+
     Raises:
         ValueError: unknown name.
 
@@ -513,6 +524,8 @@ def clipping_options(name: str) -> tuple[str, ...]:
         >>> clipping_options("ddim"), clipping_options("heun"), clipping_options("euler")
         (('clip_sample', 'thresholding'), ('clip_sample',), ())
     """
+    if sampler_spec(name).parameterisation != "ddpm":
+        return ()
     taken = _constructor_defaults(sampler_spec(name).scheduler_class)
     return tuple(switch for switch in ("clip_sample", "thresholding") if switch in taken)
 
@@ -529,7 +542,7 @@ def _check_x0_clipping(name: str, overrides: Mapping[str, Any], kwargs: Mapping[
 
     for key in (k for k in overrides if k in X0_CLIPPING_OPTIONS):
         switch = X0_CLIPPING_OPTIONS[key] or key
-        if key not in defaults:
+        if key not in defaults or switch not in clipping_options(name):
             offered = [n for n in list_samplers() if switch in clipping_options(n)]
             raise ValueError(f"sampler {name!r} does not offer {key} (its scheduler "
                              f"{scheduler_class.__name__} does not take it); {switch} is offered "

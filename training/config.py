@@ -65,6 +65,21 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
+class FlowConfig:
+    """Flow matching (``train.objective=flow-matching`` / ``text-flow-matching``) - see
+    :mod:`training.objectives.flow`. The U-Net is ``model.*``'s; ``diffusion.num_train_timesteps``
+    (the network sees ``t = sigma * num_train_timesteps``), ``cond_drop_prob``, ``sample_steps``,
+    ``guidance_scale`` and ``eval_*`` are shared with the DDPM objective."""
+
+    timestep_sampling: str = "logit-normal"  # uniform | logit-normal | mode (Esser et al. 2024, Sec. 3.1)
+    logit_mean: float = 0.0            # logit-normal: logit(t) ~ N(logit_mean, logit_std^2)
+    logit_std: float = 1.0             # logit-normal
+    mode_scale: float = 1.29           # mode: heavier middle for > 0 (SD3's 1.29); in [-1, 2/(pi-2)]
+    shift: float = 1.0                 # sigma = shift t / (1 + (shift - 1) t); > 1: noisier; saved with the export
+    sampler: str = "flow-euler"        # a flow sampler: sample grids, evaluation, the exported scheduler
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     """Evaluation classifier - see :class:`diffusion.models.classifier.ImageClassifier`."""
 
@@ -177,6 +192,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
@@ -189,6 +205,7 @@ _CHOICES = {
     ("train", "mixed_precision"): ("no", "bf16", "fp16"),
     ("diffusion", "beta_schedule"): ("linear", "cosine", "sigmoid"),
     ("diffusion", "prediction_type"): ("epsilon", "v_prediction", "sample"),
+    ("flow", "timestep_sampling"): ("uniform", "logit-normal", "mode"),
     ("gan", "loss"): ("hinge", "non_saturating"),
 }
 
@@ -320,6 +337,7 @@ RESUME_POLICY = {
     "prior.": "refuse",                 # architecture, the frozen VQ-VAE
     "text.": "refuse",                  # the text encoder
     "diffusion.": "refuse",             # noise schedule, prediction_type, loss weighting, dropout
+    "flow.": "refuse",                  # timestep sampling and shift: another training distribution
     "train.objective": "refuse",
     "train.seed": "refuse",             # the data order and subset are drawn from it
     "train.batch_size": "refuse",       # the position in the epoch is counted in batches
@@ -361,6 +379,7 @@ RESUME_POLICY = {
     "diffusion.eval_num_samples": "apply",
     "diffusion.eval_metrics": "apply",
     "diffusion.eval_feature_network": "apply",
+    "flow.sampler": "apply",            # sample grids, evaluation and the export's scheduler
     "data.root": "apply",               # where the same files are; the images are checked by name,
                                         # split, size and subset
     "data.eval_split": "apply",

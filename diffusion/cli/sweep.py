@@ -36,10 +36,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from diffusion.evaluation.sweep import plot_sweep, sweep, write_csv
-    from samplers import list_samplers
+    from samplers import samplers_for
 
     pipe, accelerator, kwargs = eval_setup(args)
-    samplers = list_samplers() if args.samplers == "all" else args.samplers.split(",")
+    samplers = samplers_for(pipe.scheduler) if args.samplers == "all" else args.samplers.split(",")
     with exit_on(ValueError, FileNotFoundError):
         rows = sweep(pipe, samplers, steps=args.steps, nfe=args.nfe, reference=args.reference,
                      **kwargs)

@@ -39,7 +39,8 @@ from diffusion.pipelines.base import (ImagePipeline, check_class_names, check_ge
                                       check_num_images_and_output_type, normalize_class_labels,
                                       normalize_prompts)
 from samplers.checks import check_int, check_number
-from samplers.diffusion import build_sampler, list_samplers, sampler_name
+from samplers.diffusion import (build_sampler, check_parameterisation, list_samplers,
+                                sampler_name)
 
 
 def denoising_stage(scheduler, first_nonfinite: torch.Tensor) -> str:
@@ -271,6 +272,8 @@ class DiffusionImagePipeline(ImagePipeline):
                              f"'model_output', got {sorted(bad)}")
         if sampler is not None and sampler not in list_samplers():
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {list_samplers()}")
+        if sampler is not None:  # e.g. a DDPM sampler on a flow-matching model, by name
+            check_parameterisation(sampler, self.scheduler)
         check_image_size(height, width, self.unet.config.block_out_channels)
         if labels is not None:
             labels = labels.repeat_interleave(num_images_per_prompt)
@@ -358,12 +361,17 @@ class DiffusionImagePipeline(ImagePipeline):
             num_images_per_prompt if labels is None else len(labels)
         scheduler = self.scheduler if sampler is None else build_sampler(sampler, self.scheduler)
 
-        # 1. Timesteps and initial noise x_T ~ N(0, sigma_max^2 I).
+        # 1. Timesteps and initial noise x_T ~ N(0, sigma_max^2 I) (flow matching: N(0, I) at
+        #    sigma = 1; the timesteps are then floats, t = sigma * num_train_timesteps).
         scheduler.set_timesteps(num_inference_steps, device=device)
         shape = (batch, self.unet.config.in_channels, height, width)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
+        # Flow-matching schedulers start at sigma = 1 on unscaled noise and define neither
+        # init_noise_sigma nor scale_model_input (diffusers 0.42): their defaults are 1 and identity.
+        init_noise_sigma = getattr(scheduler, "init_noise_sigma", 1.0)
+        scale_model_input = getattr(scheduler, "scale_model_input", lambda x, t: x)
+        latents = latents.to(device=device, dtype=dtype) * init_noise_sigma
 
         # 2. Conditioning: [null; cond] rows for guidance, cond rows alone when s == 1. Text is
         #    encoded here, once per call: one encoder forward over the distinct prompts.
@@ -391,7 +399,7 @@ class DiffusionImagePipeline(ImagePipeline):
         first_nonfinite = torch.full((batch,), -1, dtype=torch.long, device=device)
         for i, t in enumerate(self.progress_bar(timesteps)):
             x_in = torch.cat([latents, latents]) if guided else latents
-            x_in = scheduler.scale_model_input(x_in, t)
+            x_in = scale_model_input(x_in, t)
             model_output = self.unet(x_in, t, class_labels=labels, **text_kwargs).sample
             nfe += 1
             if guided:

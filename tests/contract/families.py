@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from conftest import make_text_pipe, seeded_unet
 from diffusion.conditioning import load_tokenizer
@@ -101,6 +101,15 @@ def diffusion_pipe() -> DiffusionImagePipeline:
     """``tests/conftest.py``'s tiny class U-Net (3 classes, 1x8x8) on the v-prediction DDPM
     schedule of ``make_pipe`` (stochastic: step noise comes from the generators too)."""
     pipe = DiffusionImagePipeline(seeded_unet(), DDPMScheduler(prediction_type="v_prediction"),
+                                  class_names=list(CLASS_NAMES))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flow_pipe() -> DiffusionImagePipeline:
+    """The same tiny class U-Net as a flow-matching model: its saved training schedule a
+    ``FlowMatchEulerDiscreteScheduler`` (shift 3), so it samples with flow-euler (deterministic)."""
+    pipe = DiffusionImagePipeline(seeded_unet(), FlowMatchEulerDiscreteScheduler(shift=3.0),
                                   class_names=list(CLASS_NAMES))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -188,6 +197,11 @@ FAMILIES = [
            num_classes=3, class_names=CLASS_NAMES, shipped="fashion-mnist-diffusion",
            inject_nan=nan_in_unet_latents,
            nonfinite_stage="sampler 'ddpm': first at denoising step 0 (of steps 0..1"),
+    # A flow-matching model is the diffusion family's pipeline and U-Net on another schedule.
+    Family("flow", flow_pipe, "class_labels", (0, 1, 2), frozenset({"class_labels"}),
+           call_kwargs={"num_inference_steps": 2}, nfe=2, num_classes=3, class_names=CLASS_NAMES,
+           shipped="fashion-mnist-diffusion", inject_nan=nan_in_unet_latents,
+           nonfinite_stage="sampler 'flow-euler': first at denoising step 0 (of steps 0..1"),
     Family("text", text_pipe, "prompt", PROMPTS, frozenset({"prompt"}),
            call_kwargs={"num_inference_steps": 2}, nfe=2, shipped="fashion-mnist-text",
            inject_nan=nan_in_unet_latents,

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from conftest import (
@@ -23,7 +23,7 @@ from diffusion.pipelines.diffusion import DiffusionImagePipeline
 from diffusion.pipelines.base import GenerationOutput, NonFiniteImagesError, normalize_class_labels
 from samplers import build_sampler, list_samplers, sampler_spec
 
-SAMPLERS = list_samplers()
+SAMPLERS = list_samplers("ddpm")  # tiny_pipe is a DDPM model; flow models: section at the end
 STOCHASTIC = [name for name in SAMPLERS if sampler_spec(name).stochastic]
 DETERMINISTIC = [name for name in SAMPLERS if not sampler_spec(name).stochastic]
 # (sampler, eta): every registered sampler, plus DDIM with eta=1 (stochastic DDIM,
@@ -699,3 +699,113 @@ def test_save_load_round_trip_is_exact_and_uses_safetensors(tmp_path, sampler):
         a = run(tiny_pipe, class_labels=[0, 2], sampler=name, generator=generators(2)).images
         b = run(loaded, class_labels=[0, 2], sampler=name, generator=generators(2)).images
         assert torch.equal(a, b)
+
+
+# --- flow-matching models ----------------------------------------------------------------------
+
+FLOW_SAMPLERS = list_samplers("flow")
+
+
+def flow_pipe() -> DiffusionImagePipeline:
+    """The tiny seeded U-Net as a flow-matching model (shift 3), its saved training schedule."""
+    return make_pipe(scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0))
+
+
+@pytest.mark.parametrize("name", FLOW_SAMPLERS)
+def test_flow_model_seeds_batches_and_latents_like_any_model(name):
+    """Same seeds -> same images; an image does not depend on its batch; given latents equal
+    latents drawn from the same generators; finite images in [0, 1]."""
+    pipe = flow_pipe()
+    labels = [0, 1, 2, 1]
+    batch = run(pipe, class_labels=labels, sampler=name, generator=generators(4)).images
+    again = run(pipe, class_labels=labels, sampler=name, generator=generators(4)).images
+    assert torch.equal(batch, again) and torch.isfinite(batch).all()
+    assert batch.min() >= 0 and batch.max() <= 1
+    for i, label in enumerate(labels):
+        alone = run(pipe, class_labels=[label], sampler=name, generator=generators(1, offset=i))
+        torch.testing.assert_close(alone.images[0], batch[i], atol=1e-5, rtol=0)
+    latents = torch.cat([torch.randn((1, 1, 8, 8), generator=g) for g in generators(4)])
+    given = run(pipe, class_labels=labels, sampler=name, latents=latents).images
+    torch.testing.assert_close(given, batch, atol=1e-6, rtol=0)
+    other = run(pipe, class_labels=labels, sampler=name, generator=generators(4, offset=9)).images
+    assert (other - batch).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", FLOW_SAMPLERS)
+def test_flow_model_set_sampler_keeps_the_training_schedule(name):
+    pipe = flow_pipe()
+    train, config = pipe.scheduler, dict(pipe.scheduler.config)
+    direct = run(pipe, class_labels=[1, 2], sampler=name, generator=generators(2)).images
+    assert pipe.scheduler is train and dict(train.config) == config
+    pipe.set_sampler(name)
+    assert type(pipe.scheduler) is sampler_spec(name).scheduler_class
+    swapped = run(pipe, class_labels=[1, 2], generator=generators(2)).images
+    assert torch.equal(direct, swapped)
+    pipe.set_sampler("flow-euler")  # back through the solver's config: the same schedule
+    assert dict(pipe.scheduler.config) == config
+
+
+def test_flow_model_euler_is_the_velocity_ode_by_hand():
+    """The pipeline's flow-euler at 2 steps, guidance 2, equals the Euler steps of
+    ``x <- x + (sigma_next - sigma) v`` written out with the U-Net's guided velocity at
+    ``t = sigma * T`` (no input scaling, initial sigma 1)."""
+    pipe = flow_pipe()
+    latents = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(5))
+    out = run(pipe, class_labels=[0, 2], sampler="flow-euler", num_inference_steps=2,
+              latents=latents.clone(), guidance_scale=2.0, output_type="pt")
+    scheduler = build_sampler("flow-euler", pipe.scheduler)
+    scheduler.set_timesteps(2)
+    sigmas = scheduler.sigmas.tolist()
+    x = latents.clone()
+    labels = torch.tensor([3, 3, 0, 2])
+    with torch.no_grad():
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            t = torch.tensor(sigma * 1000.0)
+            uncond, cond = pipe.unet(torch.cat([x, x]), t, class_labels=labels).sample.chunk(2)
+            x = x + (sigma_next - sigma) * (uncond + 2.0 * (cond - uncond))
+    torch.testing.assert_close(out.images, (x / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
+    assert out.nfe == 2
+
+
+@pytest.mark.parametrize("name", FLOW_SAMPLERS)
+def test_flow_samplers_are_refused_by_a_ddpm_pipeline_before_any_forward(tiny_pipe, name):
+    scheduler = tiny_pipe.scheduler
+    with forward_spy(tiny_pipe.unet) as calls:
+        with pytest.raises(ValueError, match=rf"sampler '{name}' is for flow-matching models.*"
+                                             rf"use one of \['ddim'"):
+            run(tiny_pipe, class_labels=[0], sampler=name)
+        with pytest.raises(ValueError, match="is for flow-matching models"):
+            tiny_pipe.set_sampler(name)
+    assert not calls and tiny_pipe.scheduler is scheduler
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp-2m", "euler", "heun"])
+def test_ddpm_samplers_are_refused_by_a_flow_pipeline_before_any_forward(name):
+    pipe = flow_pipe()
+    with forward_spy(pipe.unet) as calls:
+        with pytest.raises(ValueError, match=rf"sampler '{name}' is for DDPM models.*use one of "
+                                             rf"\['flow-dpmpp-2m', 'flow-euler', 'flow-heun', "
+                                             rf"'flow-unipc'\]"):
+            run(pipe, class_labels=[0], sampler=name)
+        with pytest.raises(ValueError, match="is for DDPM models"):
+            pipe.set_sampler(name)
+    assert not calls
+
+
+def test_flow_model_output_types_and_round_trip(tmp_path):
+    pipe = flow_pipe()
+    kwargs = dict(class_labels=[0, 2], num_inference_steps=3, sampler="flow-heun")
+    pt = pipe(output_type="pt", generator=generators(2), **kwargs)
+    arr = pipe(output_type="np", generator=generators(2), **kwargs)
+    pil = pipe(output_type="pil", generator=generators(2), **kwargs)
+    assert pt.nfe == arr.nfe == 5 and pt.images.shape == (2, 1, 8, 8)
+    expected = (pt.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(arr.images, expected)
+    np.testing.assert_array_equal(np.asarray(pil.images[1]), arr.images[1, ..., 0])
+    pipe.save_pretrained(tmp_path / "flow")
+    loaded = DiffusionImagePipeline.from_pretrained(tmp_path / "flow")
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.scheduler) is FlowMatchEulerDiscreteScheduler
+    assert loaded.scheduler.config.shift == 3.0
+    again = loaded(output_type="pt", generator=generators(2), **kwargs)
+    torch.testing.assert_close(again.images, pt.images, atol=1e-6, rtol=0)

@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 import samplers.diffusion as sd
@@ -64,7 +64,7 @@ def test_spec_is_complete(name):
     assert spec.source, f"{name} cites no paper"
 
 
-@pytest.mark.parametrize("name", list_samplers())
+@pytest.mark.parametrize("name", list_samplers("ddpm"))
 def test_build_sampler_returns_a_fresh_configured_object(name):
     train = DDPMScheduler(num_train_timesteps=1000)
     a, b = build_sampler(name, train), build_sampler(name, train)
@@ -83,7 +83,7 @@ def test_build_sampler_returns_a_fresh_configured_object(name):
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("name", list_samplers())
+@pytest.mark.parametrize("name", list_samplers("ddpm"))
 def test_build_sampler_keeps_the_training_schedule(name, schedule):
     train = DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule,
                           prediction_type="v_prediction")
@@ -114,7 +114,7 @@ def test_schedules_really_differ(schedule):
     assert all((ref - o).abs().max() > 1e-2 for o in others)
 
 
-@pytest.mark.parametrize("first", list_samplers())
+@pytest.mark.parametrize("first", list_samplers("ddpm"))
 @pytest.mark.parametrize("second", ["dpmpp-2m", "ddim", "euler"])
 def test_sampler_options_do_not_leak_into_the_next_sampler(first, second):
     """Building from a sampler (not the training DDPM) keeps only the training schedule."""
@@ -166,7 +166,7 @@ def test_custom_trained_betas_reach_every_sampler():
     betas = torch.linspace(1e-4, 0.05, 40) ** 1.5
     train = DDPMScheduler(num_train_timesteps=40, trained_betas=betas.tolist())
     expected = torch.cumprod(1 - betas.double(), 0)
-    for name in list_samplers():
+    for name in list_samplers("ddpm"):
         sampler = build_sampler(name, train)
         torch.testing.assert_close(sampler.alphas_cumprod.double(), expected, atol=1e-6, rtol=0,
                                    msg=name)
@@ -184,7 +184,7 @@ def test_build_sampler_overrides_win_and_default_spacing_is_trailing():
     assert int(trailing.timesteps[0]) == 999
 
 
-@pytest.mark.parametrize("name", list_samplers())
+@pytest.mark.parametrize("name", list_samplers("ddpm"))
 def test_every_sampler_takes_a_step(name):
     """The diffusers contract: set_timesteps, scale_model_input, step -> finite prev_sample."""
     sampler = build_sampler(name, DDPMScheduler())
@@ -231,6 +231,95 @@ def test_sampler_name_of_inverts_build_sampler():
 
     from samplers import sampler_name_of
 
-    for name in list_samplers():  # incl. dpmpp-2m vs dpmpp-2m-karras: same class, other options
+    for name in list_samplers("ddpm"):  # incl. dpmpp-2m vs dpmpp-2m-karras: other options
         assert sampler_name_of(build_sampler(name, DDPMScheduler())) == name
+    for name in list_samplers("flow"):  # incl. flow-dpmpp-2m vs dpmpp-2m
+        assert sampler_name_of(build_sampler(name, FlowMatchEulerDiscreteScheduler())) == name
     assert sampler_name_of(LCMScheduler()) is None  # not a registered sampler
+
+
+# --- flow matching: parameterisation, building, refusal ------------------------------------------
+
+FLOW_TRAIN = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+
+
+def test_samplers_are_split_by_parameterisation():
+    assert sd.list_samplers("flow") == ["flow-dpmpp-2m", "flow-euler", "flow-heun", "flow-unipc"]
+    assert set(sd.list_samplers("ddpm")) | set(sd.list_samplers("flow")) == set(list_samplers())
+    assert set(REQUIRED) <= set(sd.list_samplers("ddpm"))
+    with pytest.raises(ValueError, match=r"parameterisation must be one of \('ddpm', 'flow'\)"):
+        list_samplers("edm")
+
+
+def test_parameterisation_is_read_from_the_config():
+    assert sd.parameterisation_of(DDPMScheduler()) == "ddpm"
+    assert sd.parameterisation_of(dict(DDPMScheduler(prediction_type="v_prediction").config)) == "ddpm"
+    assert sd.parameterisation_of(FLOW_TRAIN) == sd.parameterisation_of(dict(FLOW_TRAIN.config)) == "flow"
+    for name in sd.list_samplers("flow"):  # a flow sampler is again a flow schedule
+        assert sd.parameterisation_of(build_sampler(name, FLOW_TRAIN)) == "flow", name
+    for name in sd.list_samplers("ddpm"):
+        assert sd.parameterisation_of(build_sampler(name, DDPMScheduler())) == "ddpm", name
+
+
+@pytest.mark.parametrize("name", sd.list_samplers("flow"))
+def test_flow_sampler_carries_the_training_shift_and_leaves_the_schedule_alone(name):
+    config_before = copy.deepcopy(dict(FLOW_TRAIN.config))
+    sigmas_before = FLOW_TRAIN.sigmas.clone()
+    sampler = build_sampler(name, FLOW_TRAIN)
+    assert dict(FLOW_TRAIN.config) == config_before and torch.equal(FLOW_TRAIN.sigmas, sigmas_before)
+    assert sd.flow_training_schedule(sampler) == {"num_train_timesteps": 1000, "shift": 3.0}
+    assert type(sampler) is sampler_spec(name).scheduler_class
+    for key, value in sampler_spec(name).options.items():
+        assert sampler.config[key] == value
+    # chained through another flow sampler and through a plain config: the same sampler
+    for source in (build_sampler("flow-heun", build_sampler("flow-dpmpp-2m", FLOW_TRAIN)),
+                   dict(FLOW_TRAIN.config)):
+        assert dict(build_sampler(name, source).config) == dict(sampler.config)
+    sampler.set_timesteps(6)
+    sigmas = sampler.sigmas.double()
+    assert float(sigmas[-1]) == 0.0 and (sigmas[1:] < sigmas[:-1] + 1e-7).all()
+    # the network's timesteps are the float sigma * T the model is trained at, not truncated
+    torch.testing.assert_close(sampler.timesteps.double(),
+                               1000 * sigmas[:-1][:len(sampler.timesteps)].double()
+                               if name != "flow-heun" else sampler.timesteps.double())
+    assert sampler.timesteps.is_floating_point()
+
+
+@pytest.mark.parametrize("name", sd.list_samplers("flow"))
+def test_flow_samplers_are_refused_on_a_ddpm_model_naming_the_ddpm_ones(name):
+    with pytest.raises(ValueError) as err:
+        build_sampler(name, DDPMScheduler())
+    message = str(err.value)
+    assert f"sampler {name!r} is for flow-matching models" in message
+    assert "this model is one of the DDPM models" in message
+    assert str(sd.samplers_for(DDPMScheduler())) in message
+
+
+@pytest.mark.parametrize("name", sd.list_samplers("ddpm"))
+def test_ddpm_samplers_are_refused_on_a_flow_model_naming_the_flow_ones(name):
+    for source in (FLOW_TRAIN, dict(FLOW_TRAIN.config), build_sampler("flow-unipc", FLOW_TRAIN)):
+        with pytest.raises(ValueError, match=rf"sampler '{name}' is for DDPM models .* this model "
+                                             rf"is one of the flow-matching models .*: use one of "
+                                             rf"\['flow-dpmpp-2m', 'flow-euler', 'flow-heun', "
+                                             rf"'flow-unipc'\]"):
+            build_sampler(name, source)
+
+
+def test_samplers_for_lists_what_builds():
+    assert sd.samplers_for(FLOW_TRAIN) == sd.list_samplers("flow")
+    assert sd.samplers_for(DDPMScheduler()) == sd.list_samplers("ddpm")
+    x0_model = DDPMScheduler(prediction_type="sample")  # no x0 update in the k-diffusion ports
+    assert sd.samplers_for(x0_model) == [n for n in sd.list_samplers("ddpm")
+                                         if n not in ("euler-a", "kdpm2", "kdpm2-a")]
+    zero_snr = DDPMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    assert sd.samplers_for(zero_snr) == sd.zero_terminal_snr_samplers()
+
+
+def test_flow_samplers_offer_no_clipping_and_refuse_dynamic_shifting():
+    for name in sd.list_samplers("flow"):
+        assert sd.clipping_options(name) == ()
+    with pytest.raises(ValueError, match="sampler 'flow-dpmpp-2m' does not offer thresholding"):
+        build_sampler("flow-dpmpp-2m", FLOW_TRAIN, thresholding=True)
+    dynamic = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    with pytest.raises(ValueError, match="use_dynamic_shifting=True"):
+        build_sampler("flow-euler", dynamic)

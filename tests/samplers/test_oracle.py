@@ -28,9 +28,10 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+from diffusers import (DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler,
+                       PNDMScheduler)
 
-from conftest import forward_spy, generators
+from conftest import forward_spy, generators, make_pipe
 from samplers import (
     PREDICTION_TYPES,
     build_sampler,
@@ -44,6 +45,8 @@ from samplers import (
 from samplers.diffusion import (X0_CLIPPING_OPTIONS, ZERO_SNR_PREDICTION_TYPES,
                                 zero_terminal_snr_samplers)
 
+#: the samplers of DDPM-parameterised models (the flow samplers have their own section below)
+DDPM_SAMPLERS = list_samplers("ddpm")
 T = 1000
 TRAIN = DDPMScheduler(num_train_timesteps=T)  # linear betas 1e-4 .. 0.02
 X0 = 2 * torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1
@@ -52,8 +55,8 @@ ORACLE_STEPS = range(1, 51)
 ATOL = 1e-4        # final sample vs x0
 PATH_ATOL = 1e-3   # network inputs vs the exact path (deterministic samplers)
 
-SUPPORTED = [(name, p) for name in list_samplers() for p in sampler_spec(name).prediction_types]
-UNSUPPORTED = [(name, p) for name in list_samplers() for p in PREDICTION_TYPES
+SUPPORTED = [(name, p) for name in DDPM_SAMPLERS for p in sampler_spec(name).prediction_types]
+UNSUPPORTED = [(name, p) for name in DDPM_SAMPLERS for p in PREDICTION_TYPES
                if p not in sampler_spec(name).prediction_types]
 
 
@@ -210,11 +213,11 @@ def test_perfect_denoiser_lands_on_x0_for_every_step_count(name, prediction_type
 def test_oracle_covers_every_sampler_and_the_stated_exceptions():
     """Guard: every sampler runs the oracle with epsilon and v; only "sample" is ever refused,
     and "zero" is the final sigma of all but DEIS."""
-    assert {name for name, _ in SUPPORTED} == set(list_samplers())
+    assert {name for name, _ in SUPPORTED} == set(DDPM_SAMPLERS)
     assert all(p == "sample" for _, p in UNSUPPORTED)
     assert {name for name, _ in UNSUPPORTED} == {"euler-a", "kdpm2", "kdpm2-a"}
-    assert [n for n in list_samplers() if sampler_spec(n).final_sigmas_type != "zero"] == ["deis"]
-    assert all(sampler_spec(n).final_sigmas_type in ("zero", "sigma_min") for n in list_samplers())
+    assert [n for n in DDPM_SAMPLERS if sampler_spec(n).final_sigmas_type != "zero"] == ["deis"]
+    assert all(sampler_spec(n).final_sigmas_type in ("zero", "sigma_min") for n in DDPM_SAMPLERS)
 
 
 @pytest.mark.parametrize("name,prediction_type", UNSUPPORTED)
@@ -261,11 +264,11 @@ def test_scheduled_subclasses_equal_diffusers_where_its_stride_is_right(name, pa
 #: s = 1), so on data beyond [-1, 1] it differs from clip_sample.
 CLIP_MODES = {"clip_sample": {"clip_sample": True},
               "thresholding": {"thresholding": True, "sample_max_value": 1.5}}
-OFFERED = [(name, mode) for name in list_samplers() for mode in clipping_options(name)]
+OFFERED = [(name, mode) for name in DDPM_SAMPLERS for mode in clipping_options(name)]
 X0_OUTSIDE = 1.5 * X0   # in [-1.5, 1.5]: 34 of 128 values beyond [-1, 1]
 CONSISTENT_ATOL = 1e-5  # every step of the clipping sampler vs the oracle for the clipped data
 #: (sampler, mode, prediction type) for every sampler that offers clipping: its modes and "off".
-CLIPPING_RUNS = [(name, mode, p) for name in list_samplers() if clipping_options(name)
+CLIPPING_RUNS = [(name, mode, p) for name in DDPM_SAMPLERS if clipping_options(name)
                  for mode in ("off", *clipping_options(name))
                  for p in sampler_spec(name).prediction_types]
 
@@ -289,7 +292,7 @@ def clipped(x0: torch.Tensor, mode: str) -> torch.Tensor:
 def test_clipping_is_offered_where_diffusers_has_it():
     """The table of docs/samplers.md: which sampler offers what (from its scheduler class), and
     every other sampler offers neither. The data above does reach beyond the clip range."""
-    offered = {name: clipping_options(name) for name in list_samplers() if clipping_options(name)}
+    offered = {name: clipping_options(name) for name in DDPM_SAMPLERS if clipping_options(name)}
     assert offered == {"ddim": ("clip_sample", "thresholding"),
                        "ddpm": ("clip_sample", "thresholding"), "heun": ("clip_sample",),
                        **{name: ("thresholding",) for name in
@@ -396,7 +399,7 @@ def test_ddim_refuses_the_unclipped_epsilon_beside_a_clipped_x0(mode):
                        plain.step(NOISE, t, NOISE).prev_sample)
 
 
-NOT_OFFERED = [(name, option, switch or option) for name in list_samplers()
+NOT_OFFERED = [(name, option, switch or option) for name in DDPM_SAMPLERS
                for option, switch in X0_CLIPPING_OPTIONS.items()
                if (switch or option) not in clipping_options(name)]
 
@@ -405,7 +408,7 @@ NOT_OFFERED = [(name, option, switch or option) for name in list_samplers()
 def test_clip_options_a_sampler_lacks_are_refused_by_name(name, option, switch):
     """A sampler whose scheduler has no such option raises ValueError naming it and the samplers
     that offer it (diffusers' own constructor would raise a bare TypeError)."""
-    offered = [n for n in list_samplers() if switch in clipping_options(n)]
+    offered = [n for n in DDPM_SAMPLERS if switch in clipping_options(n)]
     message = f"sampler '{name}' does not offer {option} (.*); {switch} is offered by {offered}"
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         build_sampler(name, TRAIN, **{option: True})
@@ -435,7 +438,7 @@ def test_clip_options_that_act_are_accepted_and_defaults_unchanged():
     assert build_sampler("heun", TRAIN, clip_sample=True).config.clip_sample is True
     unipc = build_sampler("unipc", TRAIN, thresholding=True, sample_max_value=2.0)
     assert unipc.config.thresholding and unipc.config.sample_max_value == 2.0
-    for name in list_samplers():
+    for name in DDPM_SAMPLERS:
         config = build_sampler(name, TRAIN).config
         assert not config.get("thresholding", False)
         assert config.get("clip_sample", False) == (name == "ddpm")
@@ -448,7 +451,7 @@ TRAIN_ZERO_SNR = DDPMScheduler(num_train_timesteps=T, rescale_betas_zero_snr=Tru
                                prediction_type="v_prediction")
 ZERO_SNR_RUNS = [(name, p) for name in zero_terminal_snr_samplers()
                  for p in ZERO_SNR_PREDICTION_TYPES if p in sampler_spec(name).prediction_types]
-ZERO_SNR_REFUSED = [name for name in list_samplers() if name not in zero_terminal_snr_samplers()]
+ZERO_SNR_REFUSED = [name for name in DDPM_SAMPLERS if name not in zero_terminal_snr_samplers()]
 
 
 @pytest.mark.parametrize("name,prediction_type", ZERO_SNR_RUNS)
@@ -542,15 +545,16 @@ def timesteps_of(name: str, n: int) -> torch.Tensor:
 
 
 def names_with(layout: str) -> list[str]:
-    return [name for name in list_samplers() if LAYOUTS.get(name) == layout]
+    return [name for name in DDPM_SAMPLERS if LAYOUTS.get(name) == layout]
 
 
 def test_every_sampler_has_a_known_layout():
-    assert set(LAYOUTS) == set(list_samplers())
+    assert set(LAYOUTS) == set(DDPM_SAMPLERS)
+    assert set(LAYOUTS) | set(FLOW_LAYOUTS) == set(list_samplers())
 
 
 @pytest.mark.parametrize("n", LAYOUT_STEPS)
-@pytest.mark.parametrize("name", list_samplers())
+@pytest.mark.parametrize("name", DDPM_SAMPLERS)
 def test_timesteps_are_in_range_and_cost_what_the_layout_says(name, n):
     timesteps = timesteps_of(name, n)
     assert ((timesteps >= 0) & (timesteps < T)).all()
@@ -623,7 +627,7 @@ def test_nfe_helpers_on_heun_and_pndm():
     assert steps_for_nfe("ddim", TRAIN, 5000) == T  # capped at num_train_timesteps
 
 
-@pytest.mark.parametrize("name", list_samplers())
+@pytest.mark.parametrize("name", DDPM_SAMPLERS)
 def test_steps_for_nfe_is_the_largest_step_count_within_budget(name):
     for nfe in (1, 2, 3, 20):
         n = steps_for_nfe(name, TRAIN.config, nfe)
@@ -651,7 +655,7 @@ def test_nfe_helpers_reject_unknown_samplers():
 # --- NFE the pipeline reports ------------------------------------------------------------------
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
-@pytest.mark.parametrize("name", list_samplers())
+@pytest.mark.parametrize("name", DDPM_SAMPLERS)
 def test_pipeline_nfe_is_the_counted_forwards_and_nfe_for_steps(tiny_pipe, name, guidance_scale):
     """One U-Net forward per timestep, guided or not: guidance batches the null and conditional
     rows into that forward (2 images -> batch 4) instead of adding calls."""
@@ -661,3 +665,118 @@ def test_pipeline_nfe_is_the_counted_forwards_and_nfe_for_steps(tiny_pipe, name,
                         guidance_scale=guidance_scale, generator=generators(2), output_type="pt")
     assert out.nfe == len(calls) == nfe_for_steps(name, tiny_pipe.scheduler, steps)
     assert all(call.batch == (4 if guidance_scale != 1.0 else 2) for call in calls)
+
+
+# --- flow matching (Lipman et al. 2023; Liu et al. 2023) ----------------------------------------
+#
+# The oracle velocity for the one data point x0: on the straight path
+# ``x_sigma = (1 - sigma) x0 + sigma eps`` the velocity ``d x / d sigma = eps - x0`` is constant,
+# and from ``x_t`` alone ``v = (x_t - x0) / sigma`` with ``sigma = t / T`` read off the timestep the
+# network is given. Every flow update is exact on it, so each sampler must land on x0 (the path
+# ends at sigma = 0) and call the network only on the straight line of its first noise.
+
+FLOW_SAMPLERS = list_samplers("flow")
+FLOW_SHIFTS = (1.0, 3.0)
+#: flow sampler -> its timestep layout on the n-step schedule (the NFE per image)
+FLOW_LAYOUTS = {"flow-euler": "trailing", "flow-dpmpp-2m": "trailing", "flow-unipc": "trailing",
+                "flow-heun": "heun"}   # sigma_0, sigma_1, sigma_1, ..., sigma_{n-1}, sigma_{n-1}
+
+
+def flow_train(shift: float) -> FlowMatchEulerDiscreteScheduler:
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift)
+
+
+def flow_oracle(timestep, x_t: torch.Tensor, x0: torch.Tensor = X0):
+    """``(v, eps, sigma)``: the exact velocity ``eps - x0`` of the data point ``x0`` at ``x_t`` and
+    ``sigma = timestep / T``, with the noise ``eps = (x_t - (1 - sigma) x0) / sigma`` it implies."""
+    sigma = torch.as_tensor(timestep, dtype=torch.float64) / T
+    eps = (x_t - (1 - sigma) * x0) / sigma
+    return eps - x0, eps, sigma
+
+
+def sample_flow_with_oracle(name: str, n: int, shift: float, x0: torch.Tensor = X0):
+    """Run flow sampler ``name`` for ``n`` steps from ``NOISE`` with the oracle velocity as network,
+    as the pipeline does (no input scaling, initial sigma 1). Returns ``(x, path_error, calls)``."""
+    scheduler = build_sampler(name, flow_train(shift))
+    scheduler.set_timesteps(n)
+    x, eps_first, path_error = NOISE.clone(), None, 0.0
+    for t in scheduler.timesteps:
+        v, eps, sigma = flow_oracle(t, x, x0)
+        eps_first = eps if eps_first is None else eps_first
+        path_error = max(path_error, float((sigma * (eps - eps_first)).abs().max()))
+        x = scheduler.step(v, t, x).prev_sample
+    return x, path_error, len(scheduler.timesteps)
+
+
+@pytest.mark.parametrize("shift", FLOW_SHIFTS)
+@pytest.mark.parametrize("name", FLOW_SAMPLERS)
+def test_flow_oracle_velocity_lands_on_x0_for_every_step_count(name, shift):
+    """Steps 1..50, shift 1 and 3: the output is x0 (max abs error < 1e-4), the network is only
+    called on the straight path (1e-3), and the calls made are ``nfe_for_steps``. (The oracle
+    reads sigma off the timestep: a sampler evaluating the network at a timestep other than the
+    sigma it steps with misses, see test_flow_solvers_need_float_timesteps.)"""
+    errors, strays = {}, {}
+    for n in ORACLE_STEPS:
+        x, path_error, calls = sample_flow_with_oracle(name, n, shift)
+        errors[n], strays[n] = float((x - X0).abs().max()), path_error
+        assert calls == nfe_for_steps(name, flow_train(shift), n)
+    assert not {n: e for n, e in errors.items() if not e < ATOL}, f"{name} misses x0: {errors}"
+    assert not {n: e for n, e in strays.items() if not e < PATH_ATOL}, f"{name} strays: {strays}"
+
+
+@pytest.mark.parametrize("name", ["flow-dpmpp-2m", "flow-unipc"])
+def test_flow_solvers_need_float_timesteps(name):
+    """Why the registry's flow solvers subclass diffusers': the parent classes truncate the
+    network's timestep ``sigma * T`` to an int while stepping with the exact sigma, so the oracle
+    (which, like a trained network, reads sigma from the timestep) misses x0 at 50 steps."""
+    ours = build_sampler(name, flow_train(1.0))
+    parent = type(ours).__mro__[2].from_config(ours.config)
+    assert type(parent).__name__ in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+    errors = []
+    for scheduler in (ours, parent):
+        scheduler.set_timesteps(50)
+        x = NOISE.clone()
+        for t in scheduler.timesteps:
+            x = scheduler.step(flow_oracle(t, x)[0], t, x).prev_sample
+        errors.append(float((x - X0).abs().max()))
+    assert errors[0] < ATOL < 1e-3 < errors[1]
+
+
+@pytest.mark.parametrize("n", LAYOUT_STEPS)
+@pytest.mark.parametrize("name", FLOW_SAMPLERS)
+def test_flow_timesteps_are_sigma_times_T_and_cost_what_the_layout_says(name, n):
+    """Float timesteps in (0, T], decreasing (Heun: each but the first twice), starting at
+    sigma ~ 1; NFE n, or 2n - 1 for Heun (its last step is an Euler step to sigma = 0)."""
+    scheduler = build_sampler(name, flow_train(3.0))
+    scheduler.set_timesteps(n)
+    timesteps = scheduler.timesteps.double()
+    assert scheduler.timesteps.is_floating_point()
+    assert ((timesteps > 0) & (timesteps <= T)).all() and float(timesteps[0]) > T - 1
+    expected = {"trailing": n, "heun": 2 * n - 1}[FLOW_LAYOUTS[name]]
+    assert len(timesteps) == expected == nfe_for_steps(name, flow_train(3.0), n)
+    distinct = timesteps if FLOW_LAYOUTS[name] == "trailing" else \
+        torch.cat([timesteps[:1], timesteps[1::2]])
+    assert len(distinct) == n and (distinct[1:] < distinct[:-1]).all()
+    if FLOW_LAYOUTS[name] == "heun":
+        assert torch.equal(timesteps[1::2], timesteps[2::2])
+
+
+def test_flow_nfe_helpers_count_heun_twice_but_the_last_step():
+    train = flow_train(1.0)
+    assert [nfe_for_steps("flow-heun", train, n) for n in (1, 2, 10)] == [1, 3, 19]
+    assert [steps_for_nfe("flow-heun", train, nfe) for nfe in (1, 2, 3, 19, 20)] == [1, 1, 2, 10, 10]
+    for name in ("flow-euler", "flow-dpmpp-2m", "flow-unipc"):
+        assert nfe_for_steps(name, train, 10) == 10 and steps_for_nfe(name, train, 20) == 20
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+@pytest.mark.parametrize("name", FLOW_SAMPLERS)
+def test_pipeline_nfe_on_a_flow_model(name, guidance_scale):
+    """A flow model's pipeline: one batched forward per timestep, reported as nfe_for_steps."""
+    pipe = make_pipe(scheduler=flow_train(3.0))
+    with forward_spy(pipe.unet) as calls:
+        out = pipe(class_labels=[0, 1], num_inference_steps=3, sampler=name,
+                   guidance_scale=guidance_scale, generator=generators(2), output_type="pt")
+    assert out.nfe == len(calls) == nfe_for_steps(name, pipe.scheduler, 3)
+    assert all(call.batch == (4 if guidance_scale != 1.0 else 2) for call in calls)
+    assert torch.isfinite(out.images).all()

@@ -11,6 +11,8 @@ One module per family:
 
 * :mod:`~training.objectives.base`: :class:`Objective` and what objectives share;
 * :mod:`~training.objectives.diffusion`: ``diffusion`` (class labels) and ``text-diffusion``;
+* :mod:`~training.objectives.flow`: ``flow-matching`` and ``text-flow-matching`` (rectified flow
+  on the same U-Net);
 * :mod:`~training.objectives.classifier`: ``classifier``;
 * :mod:`~training.objectives.gan`: ``gan``;
 * :mod:`~training.objectives.vq_ar`: ``vqvae`` and ``prior`` (the autoregressive baseline).
@@ -42,6 +44,9 @@ from training.objectives.classifier import ClassifierObjective
 from training.objectives.diffusion import (BETA_SCHEDULES, DiffusionObjective,
                                            TextDiffusionObjective, min_snr_weights,
                                            training_scheduler)
+from training.objectives.flow import (FlowMatchingObjective, TextFlowMatchingObjective,
+                                      flow_matching_loss, flow_training_scheduler,
+                                      sample_flow_timesteps, shift_sigmas)
 from training.objectives.gan import (DIVERSITY_PER_CLASS, DIVERSITY_REAL_PER_CLASS, GAN_LOSSES,
                                      GANObjective, hinge_d_loss, hinge_g_loss, ns_d_loss,
                                      ns_g_loss, r1_penalty)
@@ -54,6 +59,9 @@ __all__ = [
     # diffusion
     "DiffusionObjective", "TextDiffusionObjective", "BETA_SCHEDULES", "training_scheduler",
     "min_snr_weights",
+    # flow
+    "FlowMatchingObjective", "TextFlowMatchingObjective", "flow_matching_loss",
+    "flow_training_scheduler", "sample_flow_timesteps", "shift_sigmas",
     # classifier
     "ClassifierObjective",
     # gan
@@ -71,6 +79,8 @@ OBJECTIVES: Dict[str, Type[Objective]] = {
     "vqvae": VQVAEObjective,
     "prior": PriorObjective,
     "text-diffusion": TextDiffusionObjective,
+    "flow-matching": FlowMatchingObjective,
+    "text-flow-matching": TextFlowMatchingObjective,
 }
 
 

@@ -37,7 +37,7 @@ from diffusion.conditioning import PromptEmbeddingCache, load_text_encoder, text
 from diffusion.models.unet import build_unet
 from diffusion.pipelines.base import eval_mode
 from diffusion.pipelines.diffusion import DiffusionImagePipeline
-from samplers.diffusion import build_sampler
+from samplers.diffusion import build_sampler, list_samplers
 from training.objectives.base import Objective, quiet
 
 #: config name -> diffusers ``beta_schedule``
@@ -94,7 +94,29 @@ class DiffusionObjective(Objective):
     def __init__(self, cfg, num_classes, class_names=()):
         super().__init__(cfg, num_classes, class_names)
         self.modules["model"] = self.build_unet()
-        self.noise_scheduler = training_scheduler(cfg)
+        self.noise_scheduler = self.build_training_scheduler()
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse a ``diffusion.sampler`` that is not a DDPM sampler (a flow-matching one is for
+        ``train.objective=flow-matching``), before training rather than at the first grid."""
+        name, ddpm = cfg.diffusion.sampler, list_samplers("ddpm")
+        if name not in ddpm:
+            hint = " (a flow-matching sampler: see train.objective=flow-matching)" \
+                if name in list_samplers("flow") else ""
+            raise ValueError(f"diffusion.sampler must be a sampler for DDPM models, one of {ddpm}; "
+                             f"got {name!r}{hint}")
+
+    def build_training_scheduler(self):
+        """The training schedule, saved with the export and the one samplers are built on:
+        :func:`training_scheduler` (flow matching: :func:`training.objectives.flow.flow_training_scheduler`)."""
+        return training_scheduler(self.cfg)
+
+    @property
+    def sampler_name(self) -> str:
+        """The run's sampler (sample grids, evaluation, the exported scheduler):
+        ``diffusion.sampler``."""
+        return self.cfg.diffusion.sampler
 
     def build_unet(self):
         """The U-Net of ``cfg.model``'s size on ``cfg.data``'s images (:func:`build_unet`),
@@ -143,7 +165,7 @@ class DiffusionObjective(Objective):
         return {"class_names": self.class_names or None}
 
     def pipeline(self, unet) -> DiffusionImagePipeline:
-        scheduler = build_sampler(self.cfg.diffusion.sampler, self.noise_scheduler)
+        scheduler = build_sampler(self.sampler_name, self.noise_scheduler)
         return quiet(DiffusionImagePipeline(unet=unet, scheduler=scheduler,
                                             **self.pipeline_components(unet)))
 
@@ -171,7 +193,7 @@ class DiffusionObjective(Objective):
         n = d.eval_num_samples
         result = evaluate(self.pipeline(unet), dataset=data.name, dataset_root=data.root,
                           metrics=d.eval_metrics, num_samples=n, batch_size=min(n, 250),
-                          sampler=d.sampler, num_inference_steps=d.sample_steps,
+                          sampler=self.sampler_name, num_inference_steps=d.sample_steps,
                           guidance_scale=d.guidance_scale, seed=0,
                           feature_network=d.eval_feature_network, reference_split=data.eval_split,
                           cache_samples=False, progress=False)

@@ -35,11 +35,12 @@ def registry():
     OBJECTIVES.update(saved)
 
 
-def test_the_registry_holds_the_six_families_as_objective_classes():
-    assert list(OBJECTIVES) == ["diffusion", "classifier", "gan", "vqvae", "prior", "text-diffusion"]
+def test_the_registry_holds_the_families_as_objective_classes():
+    assert list(OBJECTIVES) == ["diffusion", "classifier", "gan", "vqvae", "prior", "text-diffusion",
+                                "flow-matching", "text-flow-matching"]
     assert all(isinstance(cls, type) and issubclass(cls, Objective) for cls in OBJECTIVES.values())
     assert {cls.__module__ for cls in OBJECTIVES.values()} == {
-        f"training.objectives.{m}" for m in ("diffusion", "classifier", "gan", "vq_ar")}
+        f"training.objectives.{m}" for m in ("diffusion", "flow", "classifier", "gan", "vq_ar")}
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
