@@ -44,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/compare.md",
                    help="Markdown table; CSV, JSON and plots go to the folder of the same name "
                         "(default runs/compare.md -> runs/compare/)")
-    c.set_defaults(metrics="fid,kid,precision,recall,accuracy")
+    c.set_defaults(metrics="fid,kid,precision,recall,accuracy,speckle")
     return c
 
 

@@ -1,4 +1,4 @@
-"""``python -m diffusion evaluate``: FID, KID, precision/recall, IS, accuracy (and CAS) of one
+"""``python -m diffusion evaluate``: FID, KID, precision/recall, IS, accuracy, speckle rate (and CAS) of one
 model, or of real images (``--real``, the floor), printed as a table and written as JSON.
 
 Examples::
@@ -41,7 +41,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 TABLE = (("n", "{}"), ("generated", "{}"), ("nfe", "{}"), ("fid", "{:.3f}"), ("kid", "{:.5f}"),
          ("kid_std", "{:.5f}"), ("precision", "{:.3f}"), ("recall", "{:.3f}"),
          ("inception_score", "{:.3f}"), ("accuracy", "{:.4f}"), ("cas", "{:.4f}"),
-         ("cas_real_accuracy", "{:.4f}"), ("cas_ratio", "{:.3f}"), ("seconds_per_image", "{:.4f}"),
+         ("cas_real_accuracy", "{:.4f}"), ("cas_ratio", "{:.3f}"), ("speckle_rate", "{:.4f}"),
+         ("speckle_threshold", "{:.4g}"), ("seconds_per_image", "{:.4f}"),
          ("peak_memory_bytes", "{:,}"), ("feature_network", "{}"),
          ("feature_description", "{}"), ("reference_dataset", "{}"), ("reference_split", "{}"),
          ("reference_n", "{}"), ("hardware", "{}"))

@@ -342,8 +342,8 @@ def add_eval(p: argparse.ArgumentParser, model: bool = True) -> None:
     """What to score, against which real images, and how the run is cached and split."""
     if model:
         add_model(p)
-    p.add_argument("--metrics", default="fid,kid,precision,recall,is,accuracy",
-                   help="comma-separated subset of fid,kid,precision,recall,is,accuracy")
+    p.add_argument("--metrics", default="fid,kid,precision,recall,is,accuracy,speckle",
+                   help="comma-separated subset of fid,kid,precision,recall,is,accuracy,speckle")
     p.add_argument("--num-samples", type=int, default=2000,
                    help="images to generate (default 2000)")
     add_run(p, batch_size=250)

@@ -48,7 +48,8 @@ TABLE_COLUMNS = (
     ("model", "model", "{}"), ("family", "family", "{}"), ("sampler", "sampler", "{}"),
     ("nfe", "NFE", "{}"), ("fid", "FID", "{:.3f}"), ("kid", "KID x 1e3", "{:.2f}"),
     ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
-    ("accuracy", "accuracy", "{:.4f}"), ("cas", "CAS", "{:.4f}"),
+    ("accuracy", "accuracy", "{:.4f}"), ("speckle_rate", "speckle rate", "{:.4f}"),
+    ("cas", "CAS", "{:.4f}"),
     ("seconds_per_image", "s/image (batch 1)", "{:.4f}"),
     ("images_per_second", "images/s (best batch)", "{:.1f}"),
     ("best_batch_size", "best batch", "{}"), ("peak_memory_mb", "peak memory MB", "{:.0f}"),
@@ -222,7 +223,7 @@ def _row_configs(pipeline, samplers, steps) -> list[dict]:
 
 def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence[str]] = None,
             steps: Optional[Sequence[int]] = None, num_samples: int = 2000, *,
-            metrics: Sequence[str] = ("fid", "kid", "precision", "recall", "accuracy"),
+            metrics: Sequence[str] = ("fid", "kid", "precision", "recall", "accuracy", "speckle"),
             cas: bool = False, cas_steps: Optional[int] = None,
             batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, latency_repeats: int = 3,
             measure_memory: bool = True, guidance_scale: Optional[float] = None,
@@ -320,7 +321,8 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
 def summary_line(row: Mapping[str, Any]) -> str:
     """One printable line of a row."""
     quality = " ".join(f"{m}={row[m]:.4g}" for m in ("fid", "kid", "precision", "recall",
-                                                     "accuracy", "cas") if row.get(m) is not None)
+                                                     "accuracy", "speckle_rate", "cas")
+                       if row.get(m) is not None)
     return (f"{row['model']:28s} {row['sampler']!s:24s} NFE={row['nfe']:<4d} n={row['n']} {quality} "
             f"s/img={row['seconds_per_image']:.4f} img/s={row['images_per_second']:.1f}"
             f"@{row['best_batch_size']}")

@@ -1,5 +1,6 @@
 """``evaluate``: generate with any pipeline of the shared call signature, then FID, KID, improved
-precision/recall, Inception-Score-style score and conditional accuracy against a real split.
+precision/recall, Inception-Score-style score, conditional accuracy and speckle rate against a
+real split.
 
 Every result records the settings that make it comparable: n (generated and reference), the
 reference dataset/split, the feature network (name with weights hash, input handling), NFE,
@@ -34,11 +35,14 @@ from diffusion.paths import default_cache_dir
 from samplers import sampler_name
 
 #: Every metric :func:`evaluate` knows. ``is`` is the Inception-Score-style score computed from the
-#: evaluation classifier's probabilities (not Inception-v3's).
-METRICS = ("fid", "kid", "precision", "recall", "is", "accuracy")
+#: evaluation classifier's probabilities (not Inception-v3's); ``speckle`` is the fraction of
+#: images whose background high-frequency energy exceeds the real images' 99th percentile
+#: (:mod:`diffusion.evaluation.speckle`).
+METRICS = ("fid", "kid", "precision", "recall", "is", "accuracy", "speckle")
 DEFAULT_METRICS = METRICS
 _FEATURE_METRICS = {"fid", "kid", "precision", "recall"}
 _CLASSIFIER_METRICS = {"is", "accuracy"}
+_PIXEL_METRICS = {"speckle"}  # read the images themselves (no network)
 
 
 def _dataset_tag(dataset) -> str:
@@ -107,12 +111,15 @@ def _check_metrics(metrics: Sequence[str]) -> list[str]:
 def compute_metrics(fake_features: Optional[torch.Tensor], real_features: Optional[torch.Tensor],
                     logits: Optional[torch.Tensor], labels: Optional[torch.Tensor],
                     metrics: Sequence[str], kid_subsets: int = 100, kid_subset_size: int = 1000,
-                    k: int = 3, seed: int = 0) -> dict:
-    """The metric values from features (float ``(N, D)``) and classifier logits ``(N, K)``.
+                    k: int = 3, seed: int = 0, fake_speckle: Optional[torch.Tensor] = None,
+                    real_speckle: Optional[torch.Tensor] = None) -> dict:
+    """The metric values from features (float ``(N, D)``), classifier logits ``(N, K)`` and
+    per-image speckle scores (``(N,)`` or ``(N, 1)``, :func:`~diffusion.evaluation.speckle.speckle_scores`).
 
     Returns a flat dict: ``fid``, ``kid`` and ``kid_std`` (over ``kid_subsets`` subsets of
     ``min(kid_subset_size, n_real, n_fake)``), ``precision``, ``recall`` (k-NN with ``k``),
-    ``inception_score``, ``accuracy`` and ``per_class_accuracy`` (needs ``labels``).
+    ``inception_score``, ``accuracy`` and ``per_class_accuracy`` (needs ``labels``),
+    ``speckle_rate`` with ``speckle_threshold`` (the real scores' ``speckle_quantile``).
     """
     from diffusion.evaluation import scores
 
@@ -137,6 +144,12 @@ def compute_metrics(fake_features: Optional[torch.Tensor], real_features: Option
         acc = scores.conditional_accuracy_from_logits(logits, labels)
         out["accuracy"] = float(acc["accuracy"])
         out["per_class_accuracy"] = [float(a) for a in acc["per_class"]]
+    if "speckle" in metrics:
+        from diffusion.evaluation.speckle import SPECKLE_QUANTILE, speckle_rate, speckle_threshold
+
+        threshold = speckle_threshold(real_speckle, SPECKLE_QUANTILE)
+        out.update(speckle_rate=speckle_rate(fake_speckle, threshold),
+                   speckle_threshold=threshold, speckle_quantile=SPECKLE_QUANTILE)
     return out
 
 
@@ -225,6 +238,14 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         cache_dir = default_cache_dir()
     start = time.perf_counter()
 
+    speckle_net = real_speckle = None
+    if _PIXEL_METRICS & set(metrics):
+        from diffusion.evaluation.speckle import SpeckleFeatures
+
+        speckle_net = SpeckleFeatures()
+        real_speckle = reference_features(speckle_net, dataset, reference_split,
+                                          reference_num_samples, root=dataset_root,
+                                          cache_dir=cache_dir)
     network = None
     if _FEATURE_METRICS & set(metrics):
         network = (get_feature_network(feature_network, weights_path=inception_weights)
@@ -242,7 +263,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
                                        num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale)
     sample_cache = None if cache_dir is None or not cache_samples else Path(cache_dir) / "samples"
-    fake, logits, labels = [], [], []
+    fake, logits, labels, fake_speckle = [], [], [], []
     seconds, nfe, generated, hardware = 0.0, 0, 0, {}
     for shard in iter_sample_shards(pipeline, num_samples, call_kwargs=call_kwargs, seed=seed,
                                     batch_size=batch_size, shard_size=shard_size,
@@ -254,6 +275,8 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
             fake.append(extract_features(network, images, input_range="uint8"))
         if clf is not None:
             logits.append(extract_logits(clf, images, input_range="uint8"))
+        if speckle_net is not None:
+            fake_speckle.append(extract_features(speckle_net, images, input_range="uint8"))
         if k is not None:
             labels.append(torch.from_numpy(shard["labels"]))
         seconds += float(shard["seconds"])
@@ -266,12 +289,15 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
                                class_prompts)
     result = compute_metrics(torch.cat(fake) if fake else None, real,
                              torch.cat(logits) if logits else None,
-                             torch.cat(labels) if labels else None, metrics, seed=seed)
+                             torch.cat(labels) if labels else None, metrics, seed=seed,
+                             fake_speckle=torch.cat(fake_speckle) if fake_speckle else None,
+                             real_speckle=real_speckle)
     device = getattr(pipeline, "device", torch.device("cpu"))
     result.update(
         n=num_samples,
         reference_dataset=_dataset_tag(dataset), reference_split=reference_split,
-        reference_n=None if real is None else len(real),
+        reference_n=len(real) if real is not None else (
+            None if real_speckle is None else len(real_speckle)),
         feature_network=None if network is None else network.name,
         feature_description=None if network is None else network.description,
         classifier=None if clf is None else clf.name,

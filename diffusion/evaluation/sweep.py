@@ -25,7 +25,8 @@ from typing import Optional, Sequence, Union
 
 #: Columns written first in the CSV (the rest follow in sorted order).
 CSV_COLUMNS = ("sampler", "num_inference_steps", "nfe", "n", "fid", "kid", "kid_std", "precision",
-               "recall", "inception_score", "accuracy", "seconds_per_image", "guidance_scale",
+               "recall", "inception_score", "accuracy", "speckle_rate", "seconds_per_image",
+               "guidance_scale",
                "feature_network", "reference_split", "reference_n", "autocast_dtype", "hardware")
 
 
@@ -83,7 +84,7 @@ def sweep(pipeline, samplers: Sequence[str], steps: Optional[Sequence[int]] = No
         if progress:
             print(f"{name:16s} steps={n:4d} NFE={row['nfe']:4d} n={row['n']} " +
                   " ".join(f"{m}={row[m]:.4g}" for m in ("fid", "kid", "precision", "recall",
-                                                          "accuracy") if m in row) +
+                                                          "accuracy", "speckle_rate") if m in row) +
                   f" s/img={row['seconds_per_image']:.4f}", flush=True)
     return rows
 

@@ -298,10 +298,12 @@ def test_every_registered_metric_is_computed_and_recorded():
     g = torch.Generator().manual_seed(0)
     real, fake = torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g) + 0.5
     logits, labels = torch.randn(40, 3, generator=g), torch.arange(40) % 3
+    fake_speckle, real_speckle = torch.rand(40, 1, generator=g), torch.rand(40, 1, generator=g)
     keys = {"fid": "fid", "kid": "kid", "precision": "precision", "recall": "recall",
-            "is": "inception_score", "accuracy": "accuracy"}
+            "is": "inception_score", "accuracy": "accuracy", "speckle": "speckle_rate"}
     assert set(keys) == set(METRICS)
     for name in METRICS:
-        out = compute_metrics(fake, real, logits, labels, [name], kid_subsets=5, kid_subset_size=20)
+        out = compute_metrics(fake, real, logits, labels, [name], kid_subsets=5, kid_subset_size=20,
+                              fake_speckle=fake_speckle, real_speckle=real_speckle)
         assert isinstance(out[keys[name]], float) and out[keys[name]] == out[keys[name]], name
         assert not set(keys.values()) - {keys[name]} & set(out), (name, sorted(out))
