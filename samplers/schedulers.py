@@ -20,6 +20,10 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EDMEulerSched
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_edm_euler import EDMEulerSchedulerOutput
+# Not used here: diffusers' from_pretrained finds a saved component's loading base class by name in
+# the component's own module, so a pipeline saved with one of these schedulers (recorded as
+# ["samplers.schedulers", "<Class>"]) reloads only if this module holds SchedulerMixin.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
