@@ -255,3 +255,32 @@ def test_tiny_edm_run_exports_an_edm_pipeline_that_reloads_and_samples(tmp_path)
     assert out.nfe == 7 and torch.isfinite(out.images).all()
     with pytest.raises(ValueError, match="is for DDPM models"):
         pipe(class_labels=[0], num_inference_steps=2, sampler="dpmpp-2m")
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_tiny_text_edm_run_exports_a_prompt_pipeline(tmp_path):
+    """text-edm: captions through the frozen encoder (a tiny random BERT with the real MiniLM
+    tokenizer, as the text-flow-matching test), the same preconditioned loss, an export that
+    generates from prompts with the EDM samplers (edm-heun saved: our class reloads)."""
+    pytest.importorskip("transformers")
+    from diffusion.conditioning import build_tiny_text_encoder, load_tokenizer
+    from diffusion.pipelines.loading import load_pipeline
+    from training.loop import train
+
+    encoder = tmp_path / "encoder"
+    tokenizer = load_tokenizer()
+    build_tiny_text_encoder(tokenizer.vocab_size, hidden_size=16).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    cfg = load_config(None, [*TINY, "model.attention_levels=[1]", "train.objective=text-edm",
+                             "data.name=fashion-mnist-captions", "data.subset=64",
+                             f"text.encoder_path={encoder}", f"train.output_dir={tmp_path / 'run'}",
+                             "text.sample_prompts=[a sneaker,a bag]", "train.max_steps=2",
+                             "train.lr_warmup_steps=1", "edm.sampler=edm-heun"])
+    pipe = load_pipeline(train(cfg), quiet=True)
+    assert pipe.takes_text and type(pipe.scheduler).__name__ == "EDMHeunScheduler"
+    out = pipe(prompt=["a photo of a sneaker", "a bag"], num_inference_steps=2,
+               generator=generators(2), output_type="pt")
+    assert out.nfe == 3 and torch.isfinite(out.images).all()
+    out = pipe(prompt=["a bag"], num_inference_steps=3, sampler="edm-dpmpp-2m",
+               generator=generators(1), output_type="pt")
+    assert out.nfe == 3 and torch.isfinite(out.images).all()
