@@ -2,6 +2,7 @@
 
 from samplers.diffusion import (
     DEFAULT_SAMPLER,
+    EDM_PREDICTION_TYPES,
     FLOW_PREDICTION_TYPES,
     PARAMETERISATIONS,
     PREDICTION_TYPES,
@@ -10,6 +11,7 @@ from samplers.diffusion import (
     check_parameterisation,
     check_prediction_type,
     clipping_options,
+    edm_training_schedule,
     flow_training_schedule,
     list_samplers,
     nfe_for_steps,
@@ -33,9 +35,9 @@ from samplers.logits import (
     reorder_cache,
 )
 
-__all__ = ["DEFAULT_SAMPLER", "FLOW_PREDICTION_TYPES", "PARAMETERISATIONS", "PREDICTION_TYPES",
+__all__ = ["DEFAULT_SAMPLER", "EDM_PREDICTION_TYPES", "FLOW_PREDICTION_TYPES", "PARAMETERISATIONS", "PREDICTION_TYPES",
            "SamplerSpec", "build_sampler", "check_parameterisation", "check_prediction_type",
-           "clipping_options", "flow_training_schedule", "list_samplers", "nfe_for_steps",
+           "clipping_options", "edm_training_schedule", "flow_training_schedule", "list_samplers", "nfe_for_steps",
            "parameterisation_of", "register_sampler", "sampler_name", "sampler_name_of",
            "sampler_spec", "samplers_for", "steps_for_nfe", "training_schedule",
            # token decoding (samplers/decoding.py, samplers/logits.py)

@@ -40,8 +40,13 @@ Each sampler applies to one parameterisation (:data:`PARAMETERISATIONS`,
 ``FlowMatchEulerDiscreteScheduler`` carrying ``num_train_timesteps`` and ``shift``
 (:func:`flow_training_schedule`; Esser et al. 2024) and whose network predicts the velocity
 ``eps - x0`` at ``t = sigma * num_train_timesteps``: ``flow-euler``, ``flow-heun``,
-``flow-dpmpp-2m``, ``flow-unipc``. A sampler of the other parameterisation is refused by name,
-with the ones that do apply (:func:`check_parameterisation`, :func:`samplers_for`).
+``flow-dpmpp-2m``, ``flow-unipc``; or "edm" - EDM preconditioning (Karras et al. 2022, Table 1),
+whose training schedule is a diffusers ``EDMEulerScheduler`` carrying ``sigma_min``, ``sigma_max``,
+``sigma_data`` and ``rho`` (:func:`edm_training_schedule`) and whose network ``F`` is called at
+``(c_in x, c_noise = ln(sigma) / 4)`` with ``D(x; sigma) = c_skip x + c_out F``: ``edm-euler``,
+``edm-heun`` (Alg. 2, with optional churn), ``edm-dpmpp-2m``. A sampler of another
+parameterisation is refused by name, with the ones that do apply (:func:`check_parameterisation`,
+:func:`samplers_for`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ import torch
 from diffusers import (
     DDPMScheduler,
     DEISMultistepScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
@@ -69,8 +76,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from samplers.checks import check_int
 # Re-exported: the scheduler subclasses lived here before samplers/schedulers.py.
-from samplers.schedulers import (PREDICTION_TYPES, FlowDPMSolverMultistepScheduler,  # noqa: F401
-                                 FlowUniPCMultistepScheduler, ScheduledDDIMScheduler,
+from samplers.schedulers import (PREDICTION_TYPES, EDMHeunScheduler,  # noqa: F401
+                                 FlowDPMSolverMultistepScheduler, FlowUniPCMultistepScheduler, ScheduledDDIMScheduler,
                                  ScheduledPNDMScheduler, _next_timestep, _x0_and_epsilon)
 
 #: Keys of a scheduler config that describe the *training* noise schedule.
@@ -90,11 +97,24 @@ DEFAULT_SAMPLER = "dpmpp-2m"
 #: schedule): "ddpm" - discrete DDPM timesteps, ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps``, the
 #: network predicts epsilon, v or x0 (:data:`PREDICTION_TYPES`); "flow" - flow matching / rectified
 #: flow (Lipman et al. 2023; Liu et al. 2023), ``x_t = (1 - sigma) x0 + sigma eps`` with sigma in
-#: [0, 1], the network predicts the velocity ``eps - x0`` at ``t = sigma * num_train_timesteps``.
-PARAMETERISATIONS = ("ddpm", "flow")
+#: [0, 1], the network predicts the velocity ``eps - x0`` at ``t = sigma * num_train_timesteps``;
+#: "edm" - EDM preconditioning (Karras et al. 2022, Table 1), ``x = x0 + sigma eps`` with sigma in
+#: [sigma_min, sigma_max], the network ``F`` is called at ``(c_in x, c_noise = ln(sigma) / 4)`` and
+#: the denoiser is ``D(x; sigma) = c_skip x + c_out F``.
+PARAMETERISATIONS = ("ddpm", "flow", "edm")
 
 #: What a flow-matching network predicts (diffusers' name for the velocity ``eps - x0``).
 FLOW_PREDICTION_TYPES = ("flow_prediction",)
+
+#: What an EDM network predicts: the paper's ``F`` of ``D = c_skip x + c_out F``, which diffusers'
+#: EDM schedulers call ``"epsilon"`` (their ``"v_prediction"`` flips the sign of ``c_out``, a
+#: convention of other checkpoints that is not trained here).
+EDM_PREDICTION_TYPES = ("epsilon",)
+
+#: Keys of an EDM scheduler config that describe the training schedule (what every EDM sampler
+#: is built on; the sigma discretisation and churn are the sampler's own options).
+EDM_SCHEDULE_KEYS = ("num_train_timesteps", "sigma_min", "sigma_max", "sigma_data", "rho",
+                     "prediction_type")
 
 #: Scheduler options that clip or threshold the x0 prediction -> the switch each needs (``None``:
 #: it is the switch). Clipping: ``x0 -> clamp(x0, -clip_sample_range, clip_sample_range)``.
@@ -186,12 +206,25 @@ _REGISTRY: dict[str, SamplerSpec] = {
                                "prediction_type": "flow_prediction"},
                               False, "Zhao et al. 2023 (UniPC); flow sigmas",
                               FLOW_PREDICTION_TYPES, parameterisation="flow"),
+    # EDM (Karras et al. 2022): built on (sigma_min, sigma_max, sigma_data, rho) of the training
+    # schedule (edm_training_schedule); Karras sigmas (eq. 5), c_in in scale_model_input,
+    # c_noise = ln(sigma) / 4 as the timesteps, c_skip / c_out in step (precondition_outputs).
+    "edm-euler": SamplerSpec(EDMEulerScheduler, {}, False,
+                             "Karras et al. 2022, Alg. 1 (Euler steps)",
+                             EDM_PREDICTION_TYPES, parameterisation="edm"),
+    # Heun with optional churn (s_churn, s_tmin, s_tmax, s_noise; off by default): 2n - 1 calls.
+    "edm-heun": SamplerSpec(EDMHeunScheduler, {}, False, "Karras et al. 2022, Alg. 2 (Heun)",
+                            EDM_PREDICTION_TYPES, parameterisation="edm"),
+    "edm-dpmpp-2m": SamplerSpec(EDMDPMSolverMultistepScheduler,
+                                {"algorithm_type": "dpmsolver++", "solver_order": 2}, False,
+                                "Lu et al. 2022 (DPM-Solver++), Alg. 2; EDM sigmas",
+                                EDM_PREDICTION_TYPES, parameterisation="edm"),
 }
 
 
 def list_samplers(parameterisation: Optional[str] = None) -> list[str]:
-    """Registered sampler names, sorted: all of them, or those for ``parameterisation`` ("ddpm"
-    or "flow", see :data:`PARAMETERISATIONS`). For the ones a given model can run, see
+    """Registered sampler names, sorted: all of them, or those for ``parameterisation`` ("ddpm",
+    "flow" or "edm", see :data:`PARAMETERISATIONS`). For the ones a given model can run, see
     :func:`samplers_for`.
 
     Raises:
@@ -268,10 +301,13 @@ def training_schedule(config_or_scheduler: Union[SchedulerMixin, Mapping[str, An
     treat ``t = T - 1`` as SNR 0 (:func:`zero_terminal_snr_samplers`). When off it is dropped, so a
     schedule without it builds the same sampler config as before the option existed.
 
-    A flow-matching schedule gives :func:`flow_training_schedule` instead.
+    A flow-matching schedule gives :func:`flow_training_schedule` instead, an EDM one
+    :func:`edm_training_schedule`.
     """
     if parameterisation_of(config_or_scheduler) == "flow":
         return flow_training_schedule(config_or_scheduler)
+    if parameterisation_of(config_or_scheduler) == "edm":
+        return edm_training_schedule(config_or_scheduler)
     if isinstance(config_or_scheduler, SchedulerMixin):
         config, betas = config_or_scheduler.config, getattr(config_or_scheduler, "betas", None)
     else:
@@ -293,18 +329,23 @@ def _config_of(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) ->
 
 def parameterisation_of(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> str:
     """The parameterisation (:data:`PARAMETERISATIONS`) of a training schedule or of a sampler built
-    on one: "flow" for a flow-matching schedule - diffusers' ``FlowMatch*`` scheduler configs
-    (a ``shift`` and no betas) and solvers run with ``use_flow_sigmas`` or
-    ``prediction_type="flow_prediction"`` - else "ddpm". Read from the config's keys, not from
-    the class name.
+    on one: "edm" for an EDM schedule (a ``sigma_data``: diffusers' ``EDM*`` schedulers and
+    :class:`~samplers.schedulers.EDMHeunScheduler`), "flow" for a flow-matching schedule -
+    diffusers' ``FlowMatch*`` scheduler configs (a ``shift`` and no betas) and solvers run with
+    ``use_flow_sigmas`` or ``prediction_type="flow_prediction"`` - else "ddpm". Read from the
+    config's keys, not from the class name.
 
     Example::
 
-        >>> from diffusers import FlowMatchEulerDiscreteScheduler
+        >>> from diffusers import EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
         >>> parameterisation_of(DDPMScheduler()), parameterisation_of(FlowMatchEulerDiscreteScheduler())
         ('ddpm', 'flow')
+        >>> parameterisation_of(EDMEulerScheduler())
+        'edm'
     """
     config = _config_of(config_or_scheduler)
+    if "sigma_data" in config:
+        return "edm"
     betas = any(k in config for k in ("beta_schedule", "trained_betas", "beta_start"))
     flow = (config.get("use_flow_sigmas", False) or config.get("prediction_type") in
             FLOW_PREDICTION_TYPES or ("shift" in config and not betas))
@@ -330,9 +371,26 @@ def flow_training_schedule(config_or_scheduler: Union[SchedulerMixin, Mapping[st
             "shift": float(shift)}
 
 
+def edm_training_schedule(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> dict:
+    """The EDM training schedule (:data:`EDM_SCHEDULE_KEYS`) of an EDM scheduler or its config:
+    ``sigma_min``, ``sigma_max`` (the sampling range; EDM: 0.002, 80), ``sigma_data`` (the data
+    std in Table 1's ``c_skip``, ``c_out``, ``c_in``; 0.5), ``rho`` (Karras et al. 2022, eq. 5; 7),
+    ``num_train_timesteps`` (only the cap on sampling steps) and ``prediction_type`` (which of
+    diffusers' ``c_out`` signs; :data:`EDM_PREDICTION_TYPES`). Missing keys take diffusers'
+    ``EDMEulerScheduler`` defaults."""
+    config = _config_of(config_or_scheduler)
+    defaults = _constructor_defaults(EDMEulerScheduler)
+    schedule = {k: config.get(k, defaults[k]) for k in EDM_SCHEDULE_KEYS}
+    for key in ("sigma_min", "sigma_max", "sigma_data", "rho"):
+        schedule[key] = float(schedule[key])
+    schedule["num_train_timesteps"] = int(schedule["num_train_timesteps"])
+    return schedule
+
+
 #: How refusals name each parameterisation.
 _DESCRIBED = {"ddpm": "DDPM models (discrete timesteps; epsilon, v or x0 prediction)",
-              "flow": "flow-matching models (velocity prediction)"}
+              "flow": "flow-matching models (velocity prediction)",
+              "edm": "EDM-preconditioned models (Karras et al. 2022; continuous sigma)"}
 
 
 def check_parameterisation(name: str,
@@ -402,7 +460,7 @@ def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
 
     Raises:
         ValueError: unknown sampler name, a sampler for another parameterisation than the
-            schedule's (DDPM vs flow matching, see :func:`check_parameterisation`), a
+            schedule's (DDPM, flow matching or EDM, see :func:`check_parameterisation`), a
             ``prediction_type`` the sampler does not accept (see :func:`check_prediction_type`), an x0 clipping/thresholding option the
             sampler does not offer or that would have no effect (see :func:`clipping_options`),
             or a zero-terminal-SNR schedule (``rescale_betas_zero_snr``) that the sampler cannot
@@ -422,6 +480,11 @@ def build_sampler(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
     if spec.parameterisation == "flow":  # sigma from 1 to 0, no betas (flow_training_schedule)
         kwargs = {**_flow_sampler_kwargs(spec, config_or_scheduler), **spec.options, **overrides}
         check_prediction_type(name, kwargs.get("prediction_type", FLOW_PREDICTION_TYPES[0]))
+        _check_x0_clipping(name, overrides, kwargs)
+        return spec.scheduler_class(**kwargs)
+    if spec.parameterisation == "edm":  # Karras sigmas on the schedule's range, c_* of sigma_data
+        kwargs = {**edm_training_schedule(config_or_scheduler), **spec.options, **overrides}
+        check_prediction_type(name, kwargs["prediction_type"])
         _check_x0_clipping(name, overrides, kwargs)
         return spec.scheduler_class(**kwargs)
     kwargs = training_schedule(config_or_scheduler)
@@ -513,8 +576,8 @@ def clipping_options(name: str) -> tuple[str, ...]:
     dpmpp samplers and unipc because their data-prediction updates take x0 alone; deis because it
     converts the clipped x0 back to epsilon.
 
-    The flow samplers offer neither (diffusers' flow Euler and Heun have no x0 clipping; the flow
-    solvers are kept alike).
+    The flow and EDM samplers offer neither (diffusers' flow Euler and Heun and its EDM Euler
+    have no x0 clipping; the solvers of those parameterisations are kept alike).
 
     Raises:
         ValueError: unknown name.

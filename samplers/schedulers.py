@@ -5,7 +5,9 @@ sampler, the subclass says why in its docstring (see :mod:`samplers.diffusion` f
   that step to the next *scheduled* timestep (and, for PNDM, extrapolate epsilon);
 * :class:`FlowDPMSolverMultistepScheduler`, :class:`FlowUniPCMultistepScheduler`: diffusers'
   flow-sigma solvers, giving the network the float timestep ``sigma * num_train_timesteps`` that
-  flow matching trains on instead of diffusers' integer-truncated one.
+  flow matching trains on instead of diffusers' integer-truncated one;
+* :class:`EDMHeunScheduler`: EDM's Heun sampler with churn (Karras et al. 2022, Alg. 2), which
+  diffusers does not have, on ``EDMEulerScheduler``'s preconditioning.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler,
-                       UniPCMultistepScheduler)
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EDMEulerScheduler,
+                       PNDMScheduler, UniPCMultistepScheduler)
+from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_edm_euler import EDMEulerSchedulerOutput
+# Not used here: diffusers' from_pretrained finds a saved component's loading base class by name in
+# the component's own module, so a pipeline saved with one of these schedulers (recorded as
+# ["samplers.schedulers", "<Class>"]) reloads only if this module holds SchedulerMixin.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -217,3 +225,155 @@ class FlowUniPCMultistepScheduler(_FloatFlowTimesteps, UniPCMultistepScheduler):
     """UniPC (Zhao et al. 2023) on flow sigmas (``use_flow_sigmas=True``,
     ``prediction_type="flow_prediction"``), with float network timesteps (see
     :class:`_FloatFlowTimesteps`)."""
+
+
+class EDMHeunScheduler(EDMEulerScheduler):
+    """EDM's stochastic sampler (Karras et al. 2022, Alg. 2): 2nd-order Heun steps on the
+    probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma`` over the Karras sigmas
+    (eq. 5: ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``,
+    ``sigma_N = 0``), with optional churn. With ``s_churn = 0`` (the default) it is Alg. 1, the
+    deterministic Heun sampler. Per step ``i``::
+
+        gamma_i = min(S_churn / N, sqrt(2) - 1)  if S_tmin <= sigma_i <= S_tmax  else 0
+        sigma_hat = (1 + gamma_i) sigma_i
+        x_hat = x_i + sqrt(sigma_hat^2 - sigma_i^2) eps,   eps ~ N(0, S_noise^2 I)
+        d = (x_hat - D(x_hat; sigma_hat)) / sigma_hat
+        x_{i+1} = x_hat + (sigma_{i+1} - sigma_hat) d                          (Euler)
+        if sigma_{i+1} != 0:                                                  (2nd-order correction)
+            d' = (x_{i+1} - D(x_{i+1}; sigma_{i+1})) / sigma_{i+1}
+            x_{i+1} = x_hat + (sigma_{i+1} - sigma_hat) (d + d') / 2
+
+    ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` is diffusers' ``precondition_outputs``
+    (Table 1); ``scale_model_input`` gives the network ``c_in x`` and ``timesteps`` its
+    ``c_noise = ln(sigma) / 4``, both inherited from ``EDMEulerScheduler``, so a model trained
+    for that scheduler runs here unchanged. Network calls: ``2N - 1`` (the last step, to
+    ``sigma_N = 0``, is Euler), at ``sigma_hat_0, sigma_1, sigma_hat_1, sigma_2, ...,
+    sigma_hat_{N-1}`` (without churn each ``sigma_i`` but the first twice).
+
+    Why our own class: diffusers (0.42) has no EDM Heun scheduler (``HeunDiscreteScheduler`` is
+    built on DDPM betas and discrete timesteps, not on ``sigma_min``/``sigma_max``/``sigma_data``
+    with ``c_noise``), and ``EDMEulerScheduler.step``'s churn adds the noise *after* the network
+    was evaluated at the un-churned ``(x_i, sigma_i)``, then uses that output as if it were
+    ``D(x_hat; sigma_hat)``. Here ``sigma_hat_i`` is known when the timesteps are set (``gamma_i``
+    depends on ``N`` and ``sigma_i`` only), so the network is called at ``c_noise(sigma_hat_i)``,
+    and the churn noise of step ``i + 1`` is added at the end of step ``i``: the sample ``step``
+    returns is ``x_hat_{i+1}``, where the next call evaluates the network, as Alg. 2 does. For the
+    first step that noise is the initial one: ``init_noise_sigma = sigma_hat_0`` (``x_0 ~ N(0,
+    sigma_0^2 I)`` plus the churn of step 0 is ``N(0, sigma_hat_0^2 I)`` in law). The noise is drawn
+    with the ``generator`` given to ``step`` (one per image: batch-invariant, as diffusers'
+    ``randn_tensor``).
+
+    Args (beside ``EDMEulerScheduler``'s): ``s_churn`` (>= 0; EDM uses 0 to 80), ``s_tmin``,
+    ``s_tmax`` (the sigma range that gets churn), ``s_noise`` (noise inflation, EDM ~1.003-1.007).
+
+    Example::
+
+        >>> s = EDMHeunScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0)
+        >>> s.set_timesteps(18); len(s.timesteps)
+        35
+    """
+
+    order = 2
+
+    @register_to_config
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5,
+                 sigma_schedule: str = "karras", num_train_timesteps: int = 1000,
+                 prediction_type: str = "epsilon", rho: float = 7.0,
+                 final_sigmas_type: str = "zero", s_churn: float = 0.0, s_tmin: float = 0.0,
+                 s_tmax: float = float("inf"), s_noise: float = 1.0) -> None:
+        if not s_churn >= 0 or not s_noise >= 0 or not s_tmin <= s_tmax:
+            raise ValueError(f"EDMHeunScheduler needs s_churn >= 0, s_noise >= 0 and "
+                             f"s_tmin <= s_tmax; got s_churn={s_churn}, s_noise={s_noise}, "
+                             f"s_tmin={s_tmin}, s_tmax={s_tmax}")
+        super().__init__(sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data,
+                         sigma_schedule=sigma_schedule, num_train_timesteps=num_train_timesteps,
+                         prediction_type=prediction_type, rho=rho,
+                         final_sigmas_type=final_sigmas_type)
+        self.sigma_hats = self.call_sigmas = None
+        self._heun_state = None
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """``sigma_hat_0`` after ``set_timesteps`` (``sigma_max`` without churn; diffusers' EDM
+        Euler uses ``sqrt(sigma_max^2 + 1)``, 80.006 for 80); ``sigma_max`` before."""
+        if self.sigma_hats is None:
+            return float(self.config.sigma_max)
+        return float(self.sigma_hats[0])
+
+    def set_timesteps(self, num_inference_steps: int = None, device=None, sigmas=None):
+        """The Karras sigmas ``sigma_0 > ... > sigma_{N-1}`` and ``sigma_N`` (0, or ``sigma_min``
+        with ``final_sigmas_type="sigma_min"``; the parent's), the churned ``sigma_hat_i`` and the
+        ``2N - 1`` network calls: ``call_sigmas`` and ``timesteps = c_noise(call_sigmas)``."""
+        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas)
+        c = self.config
+        n = len(self.sigmas) - 1                                       # steps N
+        t = self.sigmas.double()                                       # (N + 1,), t_N last
+        in_range = (t[:-1] >= c.s_tmin) & (t[:-1] <= c.s_tmax)
+        gamma = torch.where(in_range, min(c.s_churn / n, 2 ** 0.5 - 1), 0.0)   # Alg. 2, line 4
+        self.sigma_hats = (t[:-1] * (1 + gamma)).float()              # (N,)
+        calls, steps, first = [], [], []
+        for i in range(n):
+            calls.append(self.sigma_hats[i]), steps.append(i), first.append(True)
+            if float(self.sigmas[i + 1]) != 0:                         # 2nd-order correction
+                calls.append(self.sigmas[i + 1]), steps.append(i), first.append(False)
+        self.call_sigmas = torch.stack(calls).float()                  # (NFE,)
+        self._call_step, self._call_first = steps, first
+        timestep_device = device if device is not None else "cpu"
+        self.timesteps = self.precondition_noise(self.call_sigmas).to(timestep_device)
+        self._heun_state = None
+
+    def _init_step_index(self, timestep) -> None:
+        """The first call whose timestep is ``timestep`` (repeated timesteps: the first of them)."""
+        if self.begin_index is not None:
+            self._step_index = self.begin_index
+            return
+        timestep = torch.as_tensor(timestep).to(self.timesteps.device)
+        self._step_index = int((self.timesteps == timestep).nonzero()[0])
+
+    def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
+        """``c_in(sigma) * sample`` at this call's sigma (``sigma_hat_i`` or ``sigma_{i+1}``)."""
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        self.is_scale_input_called = True
+        return self.precondition_inputs(sample, self.call_sigmas[self.step_index])
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator=None, return_dict: bool = True):
+        """One network call's share of Alg. 2: an Euler step from ``x_hat_i`` (first call of step
+        ``i``) or the Heun correction (second call); after the correction, the churn noise of
+        step ``i + 1``. ``sample``: the sample the network was given (unscaled), ``(B, C, H, W)``;
+        ``generator``: one, or one per image. Returns ``EDMEulerSchedulerOutput(prev_sample,
+        pred_original_sample=D(x; sigma))``."""
+        if self.call_sigmas is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps before step")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        k = self.step_index
+        # In the sample's precision (float32 at least): a float32 sigma_next - sigma_hat (80 ->
+        # 0.002 at N = 2) is off by ~4e-6, which the correction amplifies by sigma_hat / sigma_next.
+        dtype = torch.promote_types(sample.dtype, torch.float32)
+        i, sigma = self._call_step[k], self.call_sigmas[k].to(dtype)
+        x = sample.to(dtype)
+        denoised = self.precondition_outputs(x, model_output.to(dtype), sigma)   # D(x; sigma)
+        sigma_next = self.sigmas[i + 1].to(dtype)
+        if self._call_first[k]:                                       # Alg. 2, lines 7-8
+            d = (x - denoised) / sigma
+            prev_sample = x + (sigma_next - sigma) * d
+            if float(sigma_next) != 0:
+                self._heun_state = (x, d, sigma)                      # x_hat, d_i, sigma_hat
+        else:                                                         # lines 9-11
+            x_hat, d, sigma_hat = self._heun_state
+            d_prime = (x - denoised) / sigma
+            prev_sample = x_hat + (sigma - sigma_hat) * (d + d_prime) / 2
+            self._heun_state = None
+            if i + 1 < len(self.sigma_hats):                          # lines 4-6 of step i + 1
+                churn = (self.sigma_hats[i + 1].double() ** 2 - sigma_next.double() ** 2)
+                if float(churn) > 0:
+                    eps = randn_tensor(prev_sample.shape, generator=generator,
+                                       device=prev_sample.device, dtype=prev_sample.dtype)
+                    prev_sample = prev_sample + float(churn.sqrt()) * self.config.s_noise * eps
+        self._step_index += 1
+        prev_sample = prev_sample.to(sample.dtype)
+        if not return_dict:
+            return prev_sample, denoised
+        return EDMEulerSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)

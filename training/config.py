@@ -80,6 +80,22 @@ class FlowConfig:
 
 
 @dataclass(frozen=True)
+class EDMConfig:
+    """EDM preconditioning (``train.objective=edm`` / ``text-edm``; Karras et al. 2022, Table 1) -
+    see :mod:`training.objectives.edm`. The U-Net is ``model.*``'s; ``diffusion.cond_drop_prob``,
+    ``sample_steps``, ``guidance_scale`` and ``eval_*`` are shared with the DDPM objective
+    (``diffusion.num_train_timesteps`` only caps the sampling steps)."""
+
+    sigma_data: float = 0.5            # data std in c_skip, c_out, c_in and the loss weight; saved
+    p_mean: float = -1.2               # training sigmas: ln(sigma) ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
+    sigma_min: float = 0.002           # sampling range (Karras sigmas, eq. 5); saved with the export
+    sigma_max: float = 80.0
+    rho: float = 7.0                   # Karras et al. 2022, eq. 5; saved with the export
+    sampler: str = "edm-euler"         # an EDM sampler: sample grids, evaluation, the exported scheduler
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     """Evaluation classifier - see :class:`diffusion.models.classifier.ImageClassifier`."""
 
@@ -193,6 +209,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    edm: EDMConfig = field(default_factory=EDMConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
@@ -338,6 +355,7 @@ RESUME_POLICY = {
     "text.": "refuse",                  # the text encoder
     "diffusion.": "refuse",             # noise schedule, prediction_type, loss weighting, dropout
     "flow.": "refuse",                  # timestep sampling and shift: another training distribution
+    "edm.": "refuse",                   # sigma_data, sigma density, sampling range: another model
     "train.objective": "refuse",
     "train.seed": "refuse",             # the data order and subset are drawn from it
     "train.batch_size": "refuse",       # the position in the epoch is counted in batches
@@ -380,6 +398,7 @@ RESUME_POLICY = {
     "diffusion.eval_metrics": "apply",
     "diffusion.eval_feature_network": "apply",
     "flow.sampler": "apply",            # sample grids, evaluation and the export's scheduler
+    "edm.sampler": "apply",             # sample grids, evaluation and the export's scheduler
     "data.root": "apply",               # where the same files are; the images are checked by name,
                                         # split, size and subset
     "data.eval_split": "apply",

@@ -1,6 +1,7 @@
 """``python -m diffusion samplers``: the registered sampler names, their diffusers scheduler,
 whether they are stochastic, the parameterisation they apply to (``ddpm``: epsilon / v / x0
-networks on discrete timesteps; ``flow``: flow-matching velocity networks) and their source.
+networks on discrete timesteps; ``flow``: flow-matching velocity networks; ``edm``:
+EDM-preconditioned networks) and their source.
 With ``--model DIR``, only the samplers that apply to that saved model
 (:func:`samplers.samplers_for` on its ``scheduler/scheduler_config.json``; the weights are not
 loaded).

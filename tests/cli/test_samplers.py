@@ -17,12 +17,13 @@ def test_samplers_command_lists_every_registered_name(capsys):
 
 
 def test_samplers_command_lists_those_that_apply_to_a_model(capsys, tmp_path):
-    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+    from diffusers import DDPMScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
 
     from conftest import make_pipe
 
     for scheduler, parameterisation in ((FlowMatchEulerDiscreteScheduler(shift=3.0), "flow"),
-                                        (DDPMScheduler(prediction_type="sample"), "ddpm")):
+                                        (DDPMScheduler(prediction_type="sample"), "ddpm"),
+                                        (EDMEulerScheduler(sigma_max=40.0), "edm")):
         folder = tmp_path / parameterisation
         make_pipe(scheduler=scheduler).save_pretrained(folder)
         assert main(["samplers", "--model", str(folder)]) == 0

@@ -809,3 +809,21 @@ def test_flow_model_output_types_and_round_trip(tmp_path):
     assert loaded.scheduler.config.shift == 3.0
     again = loaded(output_type="pt", generator=generators(2), **kwargs)
     torch.testing.assert_close(again.images, pt.images, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", list_samplers())
+def test_a_pipeline_saved_with_any_sampler_reloads_it(name, tmp_path):
+    """save_pretrained / from_pretrained keep every registered sampler's class and config,
+    including our own subclasses (recorded by module, e.g. ``samplers.schedulers``: diffusers
+    looks for SchedulerMixin there), on its parameterisation's training schedule."""
+    from diffusers import EDMEulerScheduler
+
+    train = {"ddpm": DDPMScheduler(), "flow": FlowMatchEulerDiscreteScheduler(shift=3.0),
+             "edm": EDMEulerScheduler(sigma_max=40.0)}[sampler_spec(name).parameterisation]
+    options = {"s_churn": 5.0} if name == "edm-heun" else {}
+    pipe = make_pipe(scheduler=build_sampler(name, train, **options))
+    pipe.save_pretrained(tmp_path / name)
+    loaded = DiffusionImagePipeline.from_pretrained(tmp_path / name)
+    assert type(loaded.scheduler) is type(pipe.scheduler)
+    assert {k: v for k, v in loaded.scheduler.config.items() if not k.startswith("_")} == \
+        {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}

@@ -7,7 +7,8 @@ import inspect
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import (DDIMScheduler, DDPMScheduler, EDMEulerScheduler,
+                       FlowMatchEulerDiscreteScheduler)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 import samplers.diffusion as sd
@@ -235,6 +236,8 @@ def test_sampler_name_of_inverts_build_sampler():
         assert sampler_name_of(build_sampler(name, DDPMScheduler())) == name
     for name in list_samplers("flow"):  # incl. flow-dpmpp-2m vs dpmpp-2m
         assert sampler_name_of(build_sampler(name, FlowMatchEulerDiscreteScheduler())) == name
+    for name in list_samplers("edm"):  # incl. edm-heun, a subclass of edm-euler's class
+        assert sampler_name_of(build_sampler(name, EDMEulerScheduler())) == name
     assert sampler_name_of(LCMScheduler()) is None  # not a registered sampler
 
 
@@ -245,10 +248,12 @@ FLOW_TRAIN = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0
 
 def test_samplers_are_split_by_parameterisation():
     assert sd.list_samplers("flow") == ["flow-dpmpp-2m", "flow-euler", "flow-heun", "flow-unipc"]
-    assert set(sd.list_samplers("ddpm")) | set(sd.list_samplers("flow")) == set(list_samplers())
+    assert sd.list_samplers("edm") == ["edm-dpmpp-2m", "edm-euler", "edm-heun"]
+    assert set(sd.list_samplers("ddpm")) | set(sd.list_samplers("flow")) | \
+        set(sd.list_samplers("edm")) == set(list_samplers())
     assert set(REQUIRED) <= set(sd.list_samplers("ddpm"))
-    with pytest.raises(ValueError, match=r"parameterisation must be one of \('ddpm', 'flow'\)"):
-        list_samplers("edm")
+    with pytest.raises(ValueError, match=r"parameterisation must be one of \('ddpm', 'flow', 'edm'\)"):
+        list_samplers("ve")
 
 
 def test_parameterisation_is_read_from_the_config():
@@ -323,3 +328,67 @@ def test_flow_samplers_offer_no_clipping_and_refuse_dynamic_shifting():
     dynamic = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
     with pytest.raises(ValueError, match="use_dynamic_shifting=True"):
         build_sampler("flow-euler", dynamic)
+
+
+# --- EDM: parameterisation, building, refusal ----------------------------------------------------
+
+EDM_TRAIN = EDMEulerScheduler(sigma_min=0.01, sigma_max=40.0, sigma_data=0.6, rho=5.0)
+EDM_SCHEDULE = {"num_train_timesteps": 1000, "sigma_min": 0.01, "sigma_max": 40.0,
+                "sigma_data": 0.6, "rho": 5.0, "prediction_type": "epsilon"}
+
+
+def test_edm_parameterisation_is_read_from_the_config():
+    assert sd.parameterisation_of(EDM_TRAIN) == sd.parameterisation_of(dict(EDM_TRAIN.config)) == "edm"
+    for name in sd.list_samplers("edm"):  # an EDM sampler is again an EDM schedule
+        assert sd.parameterisation_of(build_sampler(name, EDM_TRAIN)) == "edm", name
+    assert sd.samplers_for(EDM_TRAIN) == sd.list_samplers("edm")
+    assert sd.training_schedule(EDM_TRAIN) == sd.edm_training_schedule(EDM_TRAIN) == EDM_SCHEDULE
+
+
+@pytest.mark.parametrize("name", sd.list_samplers("edm"))
+def test_edm_sampler_carries_the_training_schedule_and_leaves_it_alone(name):
+    config_before = copy.deepcopy(dict(EDM_TRAIN.config))
+    sampler = build_sampler(name, EDM_TRAIN)
+    assert dict(EDM_TRAIN.config) == config_before
+    assert sd.edm_training_schedule(sampler) == EDM_SCHEDULE
+    assert type(sampler) is sampler_spec(name).scheduler_class
+    for key, value in sampler_spec(name).options.items():
+        assert sampler.config[key] == value
+    # chained through another EDM sampler (churn options do not leak) and through a plain config
+    for source in (build_sampler("edm-heun", build_sampler("edm-dpmpp-2m", EDM_TRAIN), s_churn=5.0),
+                   dict(EDM_TRAIN.config)):
+        assert dict(build_sampler(name, source).config) == dict(sampler.config)
+    sampler.set_timesteps(6)
+    assert float(sampler.sigmas[0]) == pytest.approx(40.0) and float(sampler.sigmas[-1]) == 0.0
+    assert sampler.timesteps.is_floating_point()
+
+
+@pytest.mark.parametrize("name", sd.list_samplers("edm"))
+def test_edm_samplers_are_refused_on_ddpm_and_flow_models(name):
+    for train, kind in ((DDPMScheduler(), "DDPM models"), (FLOW_TRAIN, "flow-matching models")):
+        with pytest.raises(ValueError) as err:
+            build_sampler(name, train)
+        message = str(err.value)
+        assert f"sampler {name!r} is for EDM-preconditioned models" in message
+        assert f"this model is one of the {kind}" in message
+        assert str(sd.samplers_for(train)) in message
+
+
+@pytest.mark.parametrize("name", sd.list_samplers("ddpm") + sd.list_samplers("flow"))
+def test_ddpm_and_flow_samplers_are_refused_on_an_edm_model_naming_the_edm_ones(name):
+    for source in (EDM_TRAIN, dict(EDM_TRAIN.config), build_sampler("edm-heun", EDM_TRAIN)):
+        with pytest.raises(ValueError, match=rf"sampler '{name}' is for .* this model is one of the "
+                                             rf"EDM-preconditioned models .*: use one of "
+                                             rf"\['edm-dpmpp-2m', 'edm-euler', 'edm-heun'\]"):
+            build_sampler(name, source)
+
+
+def test_edm_samplers_offer_no_clipping_and_refuse_other_outputs():
+    for name in sd.list_samplers("edm"):
+        assert sd.clipping_options(name) == ()
+    with pytest.raises(ValueError, match="sampler 'edm-dpmpp-2m' does not offer thresholding"):
+        build_sampler("edm-dpmpp-2m", EDM_TRAIN, thresholding=True)
+    with pytest.raises(ValueError, match=r"'edm-euler' does not accept prediction_type='v_prediction'"):
+        build_sampler("edm-euler", EDMEulerScheduler(prediction_type="v_prediction"))
+    with pytest.raises(ValueError, match="s_churn >= 0"):
+        build_sampler("edm-heun", EDM_TRAIN, s_churn=-1.0)

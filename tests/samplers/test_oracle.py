@@ -28,8 +28,8 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler,
-                       PNDMScheduler)
+from diffusers import (DDIMScheduler, DDPMScheduler, EDMEulerScheduler,
+                       FlowMatchEulerDiscreteScheduler, PNDMScheduler)
 
 from conftest import forward_spy, generators, make_pipe
 from samplers import (
@@ -550,7 +550,7 @@ def names_with(layout: str) -> list[str]:
 
 def test_every_sampler_has_a_known_layout():
     assert set(LAYOUTS) == set(DDPM_SAMPLERS)
-    assert set(LAYOUTS) | set(FLOW_LAYOUTS) == set(list_samplers())
+    assert set(LAYOUTS) | set(FLOW_LAYOUTS) | set(EDM_LAYOUTS) == set(list_samplers())
 
 
 @pytest.mark.parametrize("n", LAYOUT_STEPS)
@@ -780,3 +780,168 @@ def test_pipeline_nfe_on_a_flow_model(name, guidance_scale):
     assert out.nfe == len(calls) == nfe_for_steps(name, pipe.scheduler, 3)
     assert all(call.batch == (4 if guidance_scale != 1.0 else 2) for call in calls)
     assert torch.isfinite(out.images).all()
+
+
+# --- EDM preconditioning (Karras et al. 2022) ---------------------------------------------------
+#
+# The oracle network for the one data point x0: the sampler's network output ``F`` chosen so that
+# the preconditioned denoiser ``D(x; sigma) = c_skip x + c_out F`` (Table 1) is exactly x0, i.e.
+# ``F = (x0 - c_skip x) / c_out``, with sigma read off the network's timestep
+# (``c_noise = ln(sigma) / 4``, as a trained network reads it) and the unscaled x off its input
+# (``c_in x``, checked against the sample the sampler holds). On ``x_sigma = x0 + sigma eps`` every
+# EDM update is exact, so each sampler must land on x0 and call the network only on that line.
+
+EDM_SAMPLERS = list_samplers("edm")
+#: EDM sampler -> its timestep layout on the n-step Karras schedule (the NFE per image)
+EDM_LAYOUTS = {"edm-euler": "trailing", "edm-dpmpp-2m": "trailing",
+               "edm-heun": "heun"}   # sigma_0, sigma_1, sigma_1, ..., sigma_{n-1}, sigma_{n-1}
+SIGMA_DATA = 0.5
+
+
+def edm_train(**options) -> EDMEulerScheduler:
+    """The EDM training schedule (sigma_min 0.002, sigma_max 80, sigma_data 0.5, rho 7)."""
+    return EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=SIGMA_DATA, rho=7.0,
+                             **options)
+
+
+def edm_oracle(timestep, model_input: torch.Tensor, sample: torch.Tensor, x0: torch.Tensor = X0):
+    """``(F, eps, sigma)``: the network output that makes ``D(x; sigma) = x0`` for
+    ``sigma = exp(4 c_noise)`` at ``x = sample``, the noise ``eps = (x - x0) / sigma`` it implies,
+    and sigma. Checks that ``model_input = c_in(sigma) x`` (Table 1: ``1 / sqrt(sigma^2 +
+    sigma_data^2)``) to float32 precision."""
+    sigma = torch.exp(4 * torch.as_tensor(timestep, dtype=torch.float64))
+    norm = (sigma ** 2 + SIGMA_DATA ** 2).sqrt()
+    c_skip, c_out, c_in = SIGMA_DATA ** 2 / norm ** 2, sigma * SIGMA_DATA / norm, 1 / norm
+    torch.testing.assert_close(model_input.double(), c_in * sample.double(), rtol=2e-6, atol=0)
+    return (x0 - c_skip * sample) / c_out, (sample - x0) / sigma, sigma
+
+
+def sample_edm_with_oracle(name: str, n: int, x0: torch.Tensor = X0, **options):
+    """Run EDM sampler ``name`` (built with ``options``) for ``n`` steps from
+    ``init_noise_sigma * NOISE`` with the oracle as network, as the pipeline does. Returns
+    ``(x, path_error, calls)``."""
+    scheduler = build_sampler(name, edm_train(), **options)
+    scheduler.set_timesteps(n)
+    x, eps_first, path_error = NOISE * scheduler.init_noise_sigma, None, 0.0
+    for t in scheduler.timesteps:
+        f, eps, sigma = edm_oracle(t, scheduler.scale_model_input(x, t), x, x0)
+        eps_first = eps if eps_first is None else eps_first
+        path_error = max(path_error, float((sigma * (eps - eps_first)).abs().max()))
+        x = scheduler.step(f, t, x, **step_kwargs(scheduler)).prev_sample
+    return x, path_error, len(scheduler.timesteps)
+
+
+@pytest.mark.parametrize("name", EDM_SAMPLERS)
+def test_edm_oracle_denoiser_lands_on_x0_for_every_step_count(name):
+    """Steps 1..50, deterministic (no churn): the output is x0 (max abs error < 1e-4), every
+    network call is on the straight line ``x0 + sigma eps_T`` (1e-3) with ``c_in x`` as input and
+    ``c_noise`` of the sigma the update uses (else the oracle's D is not x0), and the calls made
+    are ``nfe_for_steps``."""
+    errors, strays = {}, {}
+    for n in ORACLE_STEPS:
+        x, path_error, calls = sample_edm_with_oracle(name, n)
+        errors[n], strays[n] = float((x - X0).abs().max()), path_error
+        assert calls == nfe_for_steps(name, edm_train(), n)
+    assert not {n: e for n, e in errors.items() if not e < ATOL}, f"{name} misses x0: {errors}"
+    assert not {n: e for n, e in strays.items() if not e < PATH_ATOL}, f"{name} strays: {strays}"
+
+
+def test_edm_heun_with_churn_lands_on_x0_off_the_path_and_is_seeded():
+    """Alg. 2 with S_churn = 40 (S_tmin 0.05, S_tmax 50, S_noise 1.003): the oracle still ends on
+    x0 (the last step is Euler to sigma = 0, exact for D = x0), the calls leave the deterministic
+    path (the churn noise), and the same generator gives the same trajectory."""
+    churn = {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}
+    for n in (1, 2, 5, 18, 50):
+        x, path_error, calls = sample_edm_with_oracle("edm-heun", n, **churn)
+        assert float((x - X0).abs().max()) < ATOL, n
+        assert calls == 2 * n - 1
+        if n >= 5:
+            assert path_error > 1e-2, n
+    scheduler = build_sampler("edm-heun", edm_train(), **churn)
+    scheduler.set_timesteps(5)
+    runs = []
+    for seed in (3, 3, 4):
+        x = NOISE * scheduler.init_noise_sigma
+        scheduler.set_timesteps(5)
+        trace = []
+        for t in scheduler.timesteps:
+            x = scheduler.step(0.3 * scheduler.scale_model_input(x, t), t, x,
+                               generator=torch.Generator().manual_seed(seed)).prev_sample
+            trace.append(x)
+        runs.append(torch.stack(trace))
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_edm_heun_churn_follows_alg_2():
+    """The churned sigmas by hand: gamma = min(S_churn / N, sqrt(2) - 1) inside [S_tmin, S_tmax],
+    the first call at sigma_hat_0 = init_noise_sigma, the calls sigma_hat_i then sigma_{i+1}."""
+    n, churn = 4, 1.0
+    scheduler = build_sampler("edm-heun", edm_train(), s_churn=churn, s_tmin=0.1, s_tmax=10.0)
+    scheduler.set_timesteps(n)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    sigmas = (80 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7     # eq. 5
+    gamma = torch.where((sigmas >= 0.1) & (sigmas <= 10.0), min(churn / n, 2 ** 0.5 - 1), 0.0)
+    hats = sigmas * (1 + gamma)
+    assert gamma.tolist() == [0.0, 0.25, 0.25, 0.0]  # 80 and 0.002 lie outside [0.1, 10]
+    expected = torch.stack([hats[0], sigmas[1], hats[1], sigmas[2], hats[2], sigmas[3], hats[3]])
+    torch.testing.assert_close(scheduler.call_sigmas.double(), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(scheduler.timesteps.double(), expected.log() / 4, rtol=0, atol=1e-6)
+    assert scheduler.init_noise_sigma == pytest.approx(80.0)
+
+
+@pytest.mark.parametrize("n", LAYOUT_STEPS)
+@pytest.mark.parametrize("name", EDM_SAMPLERS)
+def test_edm_timesteps_are_c_noise_of_karras_sigmas_and_cost_what_the_layout_says(name, n):
+    """Float timesteps ``ln(sigma) / 4`` of the Karras sigmas (eq. 5) from sigma_max = 80 down to
+    sigma_min = 0.002 (n = 1: sigma_max only); NFE n, or 2n - 1 for Heun."""
+    scheduler = build_sampler(name, edm_train())
+    scheduler.set_timesteps(n)
+    timesteps = scheduler.timesteps.double()
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    karras = (80 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    distinct = timesteps if EDM_LAYOUTS[name] == "trailing" else \
+        torch.cat([timesteps[:1], timesteps[2::2]])
+    torch.testing.assert_close(distinct, karras.log() / 4, rtol=0, atol=1e-6)
+    expected = {"trailing": n, "heun": 2 * n - 1}[EDM_LAYOUTS[name]]
+    assert len(timesteps) == expected == nfe_for_steps(name, edm_train(), n)
+    if EDM_LAYOUTS[name] == "heun":
+        assert torch.equal(timesteps[1::2], timesteps[2::2])
+
+
+def test_edm_nfe_helpers_count_heun_twice_but_the_last_step():
+    train = edm_train()
+    assert [nfe_for_steps("edm-heun", train, n) for n in (1, 2, 10, 18)] == [1, 3, 19, 35]
+    assert [steps_for_nfe("edm-heun", train, nfe) for nfe in (1, 2, 3, 35, 36)] == [1, 1, 2, 18, 18]
+    for name in ("edm-euler", "edm-dpmpp-2m"):
+        assert nfe_for_steps(name, train, 10) == 10 and steps_for_nfe(name, train, 20) == 20
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+@pytest.mark.parametrize("name", EDM_SAMPLERS)
+def test_pipeline_nfe_on_an_edm_model(name, guidance_scale):
+    """An EDM model's pipeline: one batched forward per timestep, reported as nfe_for_steps."""
+    pipe = make_pipe(scheduler=edm_train())
+    with forward_spy(pipe.unet) as calls:
+        out = pipe(class_labels=[0, 1], num_inference_steps=3, sampler=name,
+                   guidance_scale=guidance_scale, generator=generators(2), output_type="pt")
+    assert out.nfe == len(calls) == nfe_for_steps(name, pipe.scheduler, 3)
+    assert all(call.batch == (4 if guidance_scale != 1.0 else 2) for call in calls)
+    assert torch.isfinite(out.images).all()
+
+
+def test_edm_heun_with_churn_in_the_pipeline_is_seeded_and_batch_invariant():
+    """S_churn > 0 through DiffusionImagePipeline with one generator per image: an image depends
+    only on its own generator (the initial noise and every churn draw), not on the batch it sits
+    in; another seed gives another image; churn changes the image (it is used)."""
+    churned = make_pipe(scheduler=build_sampler("edm-heun", edm_train(), s_churn=30.0,
+                                                s_tmin=0.01, s_tmax=50.0))
+    kwargs = dict(num_inference_steps=4, guidance_scale=2.0, output_type="pt")
+    batch = churned(class_labels=[0, 1, 2], generator=generators(3), **kwargs).images
+    alone = churned(class_labels=[1], generator=generators(1, offset=1), **kwargs).images
+    again = churned(class_labels=[0, 1, 2], generator=generators(3), **kwargs).images
+    other = churned(class_labels=[1], generator=generators(1, offset=7), **kwargs).images
+    plain = make_pipe(scheduler=build_sampler("edm-heun", edm_train()))(
+        class_labels=[1], generator=generators(1, offset=1), **kwargs).images
+    assert torch.equal(batch, again)
+    torch.testing.assert_close(batch[1:2], alone, atol=1e-5, rtol=0)  # batched conv rounding
+    assert (other - alone).abs().max() > 1e-3 and (plain - alone).abs().max() > 1e-3

@@ -13,6 +13,8 @@ One module per family:
 * :mod:`~training.objectives.diffusion`: ``diffusion`` (class labels) and ``text-diffusion``;
 * :mod:`~training.objectives.flow`: ``flow-matching`` and ``text-flow-matching`` (rectified flow
   on the same U-Net);
+* :mod:`~training.objectives.edm`: ``edm`` and ``text-edm`` (EDM preconditioning of the same
+  U-Net, Karras et al. 2022);
 * :mod:`~training.objectives.classifier`: ``classifier``;
 * :mod:`~training.objectives.gan`: ``gan``;
 * :mod:`~training.objectives.vq_ar`: ``vqvae`` and ``prior`` (the autoregressive baseline).
@@ -44,6 +46,8 @@ from training.objectives.classifier import ClassifierObjective
 from training.objectives.diffusion import (BETA_SCHEDULES, DiffusionObjective,
                                            TextDiffusionObjective, min_snr_weights,
                                            training_scheduler)
+from training.objectives.edm import (EDMObjective, TextEDMObjective, edm_loss,
+                                     edm_training_scheduler, sample_edm_sigmas)
 from training.objectives.flow import (FlowMatchingObjective, TextFlowMatchingObjective,
                                       flow_matching_loss, flow_training_scheduler,
                                       sample_flow_timesteps, shift_sigmas)
@@ -62,6 +66,8 @@ __all__ = [
     # flow
     "FlowMatchingObjective", "TextFlowMatchingObjective", "flow_matching_loss",
     "flow_training_scheduler", "sample_flow_timesteps", "shift_sigmas",
+    # edm
+    "EDMObjective", "TextEDMObjective", "edm_loss", "edm_training_scheduler", "sample_edm_sigmas",
     # classifier
     "ClassifierObjective",
     # gan
@@ -81,6 +87,8 @@ OBJECTIVES: Dict[str, Type[Objective]] = {
     "text-diffusion": TextDiffusionObjective,
     "flow-matching": FlowMatchingObjective,
     "text-flow-matching": TextFlowMatchingObjective,
+    "edm": EDMObjective,
+    "text-edm": TextEDMObjective,
 }
 
 

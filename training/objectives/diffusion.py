@@ -58,6 +58,25 @@ def training_scheduler(cfg) -> DDPMScheduler:
                          prediction_type=d.prediction_type, **zero_snr)
 
 
+#: ``diffusion.*`` settings of the DDPM objective that flow matching and EDM do not read; set to
+#: anything but their defaults they are refused (a silent no-op would train another model than
+#: the one asked): :func:`check_no_ddpm_settings`.
+DDPM_ONLY_SETTINGS = ("beta_schedule", "beta_start", "beta_end", "prediction_type",
+                      "rescale_betas_zero_snr", "snr_gamma", "sampler")
+
+
+def check_no_ddpm_settings(cfg, section: str, recipe: str) -> None:
+    """Raise ``ValueError`` naming the :data:`DDPM_ONLY_SETTINGS` of ``cfg.diffusion`` changed
+    from their defaults, for an objective (``recipe``, e.g. "flow matching") set in
+    ``cfg.<section>``."""
+    default = type(cfg.diffusion)()  # the section's defaults (training.config.DiffusionConfig)
+    changed = [k for k in DDPM_ONLY_SETTINGS if getattr(cfg.diffusion, k) != getattr(default, k)]
+    if changed:
+        raise ValueError(f"train.objective={cfg.train.objective} does not read "
+                         f"{', '.join('diffusion.' + k for k in changed)} (DDPM settings); "
+                         f"{recipe} is set in {section}.* (the sampler: {section}.sampler)")
+
+
 def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 10-11) for each parameterisation.
 
@@ -102,8 +121,9 @@ class DiffusionObjective(Objective):
         ``train.objective=flow-matching``), before training rather than at the first grid."""
         name, ddpm = cfg.diffusion.sampler, list_samplers("ddpm")
         if name not in ddpm:
-            hint = " (a flow-matching sampler: see train.objective=flow-matching)" \
-                if name in list_samplers("flow") else ""
+            hint = {"flow": " (a flow-matching sampler: see train.objective=flow-matching)",
+                    "edm": " (an EDM sampler: see train.objective=edm)"}
+            hint = next((h for p, h in hint.items() if name in list_samplers(p)), "")
             raise ValueError(f"diffusion.sampler must be a sampler for DDPM models, one of {ddpm}; "
                              f"got {name!r}{hint}")
 

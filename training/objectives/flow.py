@@ -39,15 +39,13 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from samplers.diffusion import list_samplers
-from training.objectives.diffusion import DiffusionObjective, TextDiffusionObjective
+# DDPM_ONLY_SETTINGS re-exported: it lived here before EDM shared it.
+from training.objectives.diffusion import (DDPM_ONLY_SETTINGS, DiffusionObjective,  # noqa: F401
+                                           TextDiffusionObjective, check_no_ddpm_settings)
 
 #: ``flow.timestep_sampling`` -> diffusers' ``weighting_scheme`` name
 TIMESTEP_SAMPLING = {"uniform": "none", "logit-normal": "logit_normal", "mode": "mode"}
 
-#: ``diffusion.*`` settings of the DDPM objective that flow matching does not read; set to anything
-#: but their defaults they are refused (a silent no-op would train another model than the one asked).
-DDPM_ONLY_SETTINGS = ("beta_schedule", "beta_start", "beta_end", "prediction_type",
-                      "rescale_betas_zero_snr", "snr_gamma", "sampler")
 
 
 def flow_training_scheduler(cfg) -> FlowMatchEulerDiscreteScheduler:
@@ -104,12 +102,7 @@ class FlowMatchingMixin:
         if not -1 <= f.mode_scale <= 2 / (math.pi - 2):
             raise ValueError(f"flow.mode_scale must be in [-1, {2 / (math.pi - 2):.4f}] (else the "
                              f"mode density's t leaves [0, 1]), got {f.mode_scale}")
-        default = type(cfg.diffusion)()  # the section's defaults (training.config.DiffusionConfig)
-        changed = [k for k in DDPM_ONLY_SETTINGS if getattr(cfg.diffusion, k) != getattr(default, k)]
-        if changed:
-            raise ValueError(f"train.objective={cfg.train.objective} does not read "
-                             f"{', '.join('diffusion.' + k for k in changed)} (DDPM settings); "
-                             f"flow matching is set in flow.* (the sampler: flow.sampler)")
+        check_no_ddpm_settings(cfg, "flow", "flow matching")
 
     def build_training_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
         return flow_training_scheduler(self.cfg)
