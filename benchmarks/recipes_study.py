@@ -1,5 +1,5 @@
-"""The recipes study (issue 15): DDPM epsilon, DDPM v-prediction + zero-terminal-SNR and flow
-matching (logit-normal), each trained with the same U-Net, data, batch, optimizer, seed and number
+"""The recipes study (issue 15): DDPM epsilon, DDPM v-prediction + zero-terminal-SNR, flow
+matching (logit-normal) and EDM (Karras et al. 2022 preconditioning), each trained with the same U-Net, data, batch, optimizer, seed and number
 of steps, then each with its best sampler at 5, 10, 20 and 50 NFE, and post-hoc EMA lengths.
 
 Stages, in order; each writes ``docs/results/recipes/runs/<recipe>__<stage>.json`` as soon as it is
@@ -59,10 +59,12 @@ RECIPES = {
                     ["diffusion.prediction_type=v_prediction", "diffusion.rescale_betas_zero_snr=true",
                      "diffusion.sampler=euler-a"]),
     "flow-logit-normal": ("training/configs/fashion_mnist_flow.yaml", []),
+    "edm": ("training/configs/fashion_mnist_edm.yaml", []),
 }
 #: candidate samplers per recipe (those that apply to the model are tried; see samplers_for)
 CANDIDATES = ["dpmpp-2m", "euler-a", "unipc", "ddim", "euler", "heun",
-              "flow-euler", "flow-heun", "flow-dpmpp-2m", "flow-unipc"]
+              "flow-euler", "flow-heun", "flow-dpmpp-2m", "flow-unipc",
+              "edm-euler", "edm-heun", "edm-dpmpp-2m"]
 NFES = (5, 10, 20, 50)
 METRICS = "fid,kid,precision,recall,accuracy,speckle"
 GUIDANCE_SCALES = (1.5, 2.0, 3.0)
