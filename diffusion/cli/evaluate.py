@@ -1,5 +1,5 @@
-"""``python -m diffusion evaluate``: FID, KID, precision/recall, IS, accuracy, speckle rate (and CAS) of one
-model, or of real images (``--real``, the floor), printed as a table and written as JSON.
+"""``python -m diffusion evaluate``: FID, KID, precision/recall, IS, accuracy, speckle rate (and
+CAS) of one model, or of real images (``--real``, the floor), printed as a table and written as JSON.
 
 Examples::
 

@@ -114,7 +114,8 @@ def compute_metrics(fake_features: Optional[torch.Tensor], real_features: Option
                     k: int = 3, seed: int = 0, fake_speckle: Optional[torch.Tensor] = None,
                     real_speckle: Optional[torch.Tensor] = None) -> dict:
     """The metric values from features (float ``(N, D)``), classifier logits ``(N, K)`` and
-    per-image speckle scores (``(N,)`` or ``(N, 1)``, :func:`~diffusion.evaluation.speckle.speckle_scores`).
+    per-image speckle scores (``(N,)`` or ``(N, 1)``,
+    :func:`~diffusion.evaluation.speckle.speckle_scores`).
 
     Returns a flat dict: ``fid``, ``kid`` and ``kid_std`` (over ``kid_subsets`` subsets of
     ``min(kid_subset_size, n_real, n_fake)``), ``precision``, ``recall`` (k-NN with ``k``),

@@ -37,7 +37,7 @@ Example::
 
     >>> import torch
     >>> clean = torch.zeros(1, 1, 28, 28); clean[..., 8:20, 8:20] = 0.8   # a square on black
-    >>> noisy = clean.clone(); noisy[..., 2, 2] = 0.15       # one dim speck: (0.6**2 + 4 * 0.15**2) / 588
+    >>> noisy = clean.clone(); noisy[..., 2, 2] = 0.15       # (0.6**2 + 4 * 0.15**2) / 588
     >>> speckle_scores(clean).item(), round(speckle_scores(noisy).item(), 6)
     (0.0, 0.000765)
     >>> speckle_rate(speckle_scores(torch.cat([clean, noisy])), threshold=1e-4)

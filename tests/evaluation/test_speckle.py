@@ -16,7 +16,7 @@ from diffusion.evaluation.speckle import (SPECKLE_QUANTILE, SpeckleFeatures, spe
 
 @pytest.fixture(scope="module")
 def real_scores():
-    images = (fashion_mnist("test").images.to(torch.float64) + 1) / 2   # (10000, 1, 28, 28) in [0, 1]
+    images = (fashion_mnist("test").images.to(torch.float64) + 1) / 2   # (10000, 1, 28, 28)
     return speckle_scores(images)
 
 
@@ -145,7 +145,8 @@ def test_evaluate_flags_speckled_images_against_a_clean_reference(tmp_path):
     clean = torch.full((20, 1, 28, 28), -1.0)
     clean[..., 6:22, 8:20] = 0.6                                     # 0.8 in [0, 1], on black
     g = torch.Generator().manual_seed(4)
-    salt = (torch.rand(clean.shape, generator=g) < 0.05) & (torch.arange(20) % 2 == 1)[:, None, None, None]
+    odd = (torch.arange(20) % 2 == 1)[:, None, None, None]
+    salt = (torch.rand(clean.shape, generator=g) < 0.05) & odd
     speckled = torch.where(salt, -0.8, clean)                        # dim specks (0.1 in [0, 1])
     ref = TensorImageDataset(clean, torch.zeros(20, dtype=torch.long), ["blob"])
     fake = TensorImageDataset(speckled, torch.zeros(20, dtype=torch.long), ["blob"])
