@@ -81,9 +81,10 @@ def sampler_steps(text: str) -> tuple:
 
 
 # --- the model and where it runs ----------------------------------------------------------------
-def add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="pipeline folder (save_pretrained); default: "
-                                                 "the shipped Fashion-MNIST model")
+def add_model(p: argparse.ArgumentParser, help: str = "pipeline folder (save_pretrained); "
+                                                      "default: the shipped Fashion-MNIST model"
+              ) -> None:
+    p.add_argument("--model", default=None, help=help)
 
 
 def load_model(model, device: str, quiet: bool):

@@ -18,15 +18,15 @@ import argparse
 import json
 from pathlib import Path
 
+from diffusion.cli import options
 from diffusion.cli.options import exit_on
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("samplers", help="list the registered samplers (or those that "
                                                "apply to a model)")
-    p.add_argument("--model", default=None,
-                   help="pipeline folder (save_pretrained): list only the samplers that apply to "
-                        "its training schedule")
+    options.add_model(p, help="pipeline folder (save_pretrained): list only the samplers that "
+                              "apply to its training schedule (default: every sampler)")
     return p
 
 
