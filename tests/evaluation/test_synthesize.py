@@ -285,7 +285,8 @@ def test_command_writes_the_same_dataset_as_the_function(model_dir, tmp_path, ca
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--prompts", "held-out"], "error: class_prompts needs a text-conditional pipeline"),
+    (["--prompts", "held-out"], "error: --prompts needs a text-to-image model; this one takes "
+                                "class labels"),
     (["--sampler", "nope"], "error: unknown sampler 'nope'"),
     (["--top-k", "5"], "error: --top-k: only autoregressive pipelines take this"),
     (["--per-class", "0"], "error: --per-class must be >= 1, got 0"),
@@ -315,6 +316,7 @@ def test_command_on_a_text_model_names_the_classes_of_a_prompt_set(tmp_path):
     assert [(r["label"], r["class_name"], r["prompt"]) for r in rows] == \
         [(c, FASHION_MNIST_CLASSES[c], FASHION_MNIST_HELD_OUT_PROMPTS[c][0]) for c in range(10)]
     assert rows[9]["file_name"] == "9_Ankle_boot/9_Ankle_boot_00009.png"
-    with pytest.raises(SystemExit, match="error: a text-to-image pipeline is generated and "):
+    with pytest.raises(SystemExit, match="error: a text-to-image model needs prompts: pass "
+                                         "--prompts held-out"):
         main(["synthesize", "--model", str(tmp_path / "model"), "--per-class", "1", "--out",
               str(tmp_path / "none"), "--quiet"])
