@@ -16,6 +16,15 @@ from samplers.diffusion import (
     steps_for_nfe,
     training_schedule,
 )
+from samplers.guidance import (
+    DEFAULT_GUIDANCE,
+    GuidanceMethod,
+    GuidanceStep,
+    build_guidance,
+    guidance_options,
+    list_guidance_methods,
+    register_guidance,
+)
 from samplers.decoding import DecodeOutput, TokenModel, decode
 from samplers.logits import (
     LogitsProcessorList,
@@ -31,6 +40,9 @@ __all__ = ["DEFAULT_SAMPLER", "PREDICTION_TYPES", "SamplerSpec", "build_sampler"
            "check_prediction_type", "clipping_options", "list_samplers", "nfe_for_steps",
            "register_sampler", "sampler_name", "sampler_name_of",
            "sampler_spec", "steps_for_nfe", "training_schedule",
+           # guidance methods (samplers/guidance.py)
+           "DEFAULT_GUIDANCE", "GuidanceMethod", "GuidanceStep", "build_guidance",
+           "guidance_options", "list_guidance_methods", "register_guidance",
            # token decoding (samplers/decoding.py, samplers/logits.py)
            "DecodeOutput", "LogitsProcessorList", "TemperatureLogitsWarper", "TokenModel",
            "TopKLogitsWarper", "TopPLogitsWarper", "build_logits_processors",
