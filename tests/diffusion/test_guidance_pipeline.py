@@ -208,3 +208,22 @@ def test_a_saved_default_guidance_round_trips_and_old_folders_load_as_cfg(tmp_pa
     assert torch.equal(saved, named) and not torch.equal(saved, plain)
     with pytest.raises(ValueError, match="cannot be saved in the pipeline config"):
         pipe.set_guidance(build_guidance("autoguidance", guide_model=StubUNet()))
+
+
+def test_interval_on_a_text_model_runs_the_prompt_rows_alone_outside_the_interval():
+    from conftest import forward_spy, make_text_pipe
+
+    pipe = make_text_pipe()
+    method = build_guidance("interval", sigma_lo=0.5, sigma_hi=5.0)
+    kwargs = dict(prompt=["red apple", "grinning face"], num_inference_steps=STEPS,
+                  guidance_scale=3.0, output_type="pt", sampler="ddim")
+    with forward_spy(pipe.unet) as calls:
+        out = pipe(generator=generators(2), guidance=method, **kwargs)
+    from samplers import build_sampler
+
+    ddim = build_sampler("ddim", pipe.scheduler)
+    ddim.set_timesteps(STEPS)                       # t = 999, 666, 332: sigma ~20.8, ~3.8, ~1.0
+    sigmas = [((1 - a) / a) ** 0.5 for a in (float(ddim.alphas_cumprod[t]) for t in ddim.timesteps)]
+    assert [c.batch for c in calls] == [4 if 0.5 <= s <= 5.0 else 2 for s in sigmas]
+    assert 2 in [c.batch for c in calls] and 4 in [c.batch for c in calls]
+    assert out.nfe == STEPS and torch.isfinite(out.images).all()
