@@ -4,7 +4,9 @@ Classifier-free guidance (Ho & Salimans 2022, eq. 6): the model output is
 ``uncond + guidance_scale * (cond - uncond)``; conditional and null rows share one batched
 forward, and ``guidance_scale == 1`` runs one (conditional) forward only. The combination is
 applied to whatever the network predicts (epsilon, v or x0), which are affine in each other
-given ``x_t``.
+given ``x_t``. That is the default guidance method; ``guidance=`` picks another by name
+(interval, APG, CFG-Zero*, CFG++, autoguidance: :mod:`samplers.guidance`), which also says per step
+whether the null forward is needed at all (if not, the conditional rows run alone).
 
 Conditions: class labels (null row = the null class ``num_classes``) and/or text prompts read by
 a ``UNet2DConditionModel``'s cross-attention (null row = the empty prompt ``""``, or
@@ -40,7 +42,7 @@ from diffusion.pipelines.base import (ImagePipeline, check_class_names, check_ge
                                       normalize_prompts)
 from samplers.checks import check_int, check_number
 from samplers.diffusion import build_sampler, list_samplers, sampler_name
-from samplers.guidance import GuidanceMethod, GuidanceStep, as_guidance, is_default_guidance
+from samplers.guidance import GuidanceMethod, GuidanceStep, as_guidance
 
 
 def denoising_stage(scheduler, first_nonfinite: torch.Tensor) -> str:
@@ -311,7 +313,10 @@ class DiffusionImagePipeline(ImagePipeline):
                          {k: x for k, x in v.items() if k != "trained_betas"})
                 raise ValueError(f"guide_model does not fit this pipeline: its {what} is "
                                  f"{shown(theirs)}, this model's is {shown(ours)}")
-        return unet.to(device=self._execution_device, dtype=self.unet.dtype)
+        device, dtype = self._execution_device, self.unet.dtype
+        if getattr(unet, "device", None) != device or getattr(unet, "dtype", None) != dtype:
+            unet = unet.to(device=device, dtype=dtype)  # (diffusers warns on every dtype cast)
+        return unet
 
     def check_guidance(self, guidance, guidance_scale, sampler, conditional: bool) -> GuidanceMethod:
         """The call's guidance method, checked (before any network work): its name and options,
