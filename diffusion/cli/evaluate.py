@@ -93,8 +93,9 @@ def run(args) -> int:
     else:
         prompts = f" prompts={args.prompts}" if getattr(args, "prompts", None) else ""
         print(f"{result['pipeline']} sampler={result['sampler']} "
-              f"steps={result['num_inference_steps']} guidance_scale={result['guidance_scale']} "
-              f"guidance={(result.get('guidance') or {}).get('name', 'cfg')}{prompts} seed={result['seed']} "
+              f"steps={result['num_inference_steps']} "
+              f"guidance={(result.get('guidance') or {}).get('name', 'cfg')} "
+              f"guidance_scale={result['guidance_scale']}{prompts} seed={result['seed']} "
               f"dtype={result['autocast_dtype'] or 'float32'}")
     print_table(result)
     if args.out:
