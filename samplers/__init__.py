@@ -24,6 +24,15 @@ from samplers.diffusion import (
     steps_for_nfe,
     training_schedule,
 )
+from samplers.guidance import (
+    DEFAULT_GUIDANCE,
+    GuidanceMethod,
+    GuidanceStep,
+    build_guidance,
+    guidance_options,
+    list_guidance_methods,
+    register_guidance,
+)
 from samplers.decoding import DecodeOutput, TokenModel, decode
 from samplers.logits import (
     LogitsProcessorList,
@@ -40,6 +49,9 @@ __all__ = ["DEFAULT_SAMPLER", "EDM_PREDICTION_TYPES", "FLOW_PREDICTION_TYPES", "
            "clipping_options", "edm_training_schedule", "flow_training_schedule", "list_samplers", "nfe_for_steps",
            "parameterisation_of", "register_sampler", "sampler_name", "sampler_name_of",
            "sampler_spec", "samplers_for", "steps_for_nfe", "training_schedule",
+           # guidance methods (samplers/guidance.py)
+           "DEFAULT_GUIDANCE", "GuidanceMethod", "GuidanceStep", "build_guidance",
+           "guidance_options", "list_guidance_methods", "register_guidance",
            # token decoding (samplers/decoding.py, samplers/logits.py)
            "DecodeOutput", "LogitsProcessorList", "TemperatureLogitsWarper", "TokenModel",
            "TopKLogitsWarper", "TopPLogitsWarper", "build_logits_processors",

@@ -323,8 +323,14 @@ def training_schedule(config_or_scheduler: Union[SchedulerMixin, Mapping[str, An
 
 
 def _config_of(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> Mapping[str, Any]:
-    return (config_or_scheduler.config if isinstance(config_or_scheduler, SchedulerMixin)
-            else config_or_scheduler)
+    """The config mapping of a scheduler (a diffusers one, or any object with a ``config``
+    attribute: a mapping or a namespace) or the mapping itself."""
+    if isinstance(config_or_scheduler, Mapping):
+        return config_or_scheduler
+    config = getattr(config_or_scheduler, "config", config_or_scheduler)
+    if isinstance(config, Mapping):
+        return config
+    return dict(vars(config)) if hasattr(config, "__dict__") else {}
 
 
 def parameterisation_of(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) -> str:

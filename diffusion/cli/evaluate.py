@@ -75,7 +75,8 @@ def run(args) -> int:
         cas = pipeline_cas(pipe, args.num_samples, seed=args.seed, batch_size=args.batch_size,
                            call_kwargs=pipeline_call_kwargs(  # as evaluate() passed them
                                pipe, kwargs.get("pipeline_kwargs"), **call,
-                               guidance_scale=kwargs["guidance_scale"]),
+                               guidance_scale=kwargs["guidance_scale"],
+                               guidance=kwargs["guidance"]),
                            cache_dir=kwargs["cache_dir"], autocast_dtype=kwargs["autocast_dtype"],
                            progress=not args.quiet, shard_size=args.shard_size,
                            class_prompts=kwargs.get("class_prompts"), max_steps=args.cas_steps)
@@ -93,7 +94,9 @@ def run(args) -> int:
     else:
         prompts = f" prompts={args.prompts}" if getattr(args, "prompts", None) else ""
         print(f"{result['pipeline']} sampler={result['sampler']} "
-              f"steps={result['num_inference_steps']} guidance_scale={result['guidance_scale']}{prompts} seed={result['seed']} "
+              f"steps={result['num_inference_steps']} "
+              f"guidance={(result.get('guidance') or {}).get('name', 'cfg')} "
+              f"guidance_scale={result['guidance_scale']}{prompts} seed={result['seed']} "
               f"dtype={result['autocast_dtype'] or 'float32'}")
     print_table(result)
     if args.out:

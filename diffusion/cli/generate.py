@@ -39,6 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     options.add_steps(g)
     options.add_guidance_scale(g, help="classifier-free guidance scale; 1 disables guidance "
                                        "(default 2.0 for diffusion; AR: the model's saved setting)")
+    options.add_guidance(g)
     g.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
     g.add_argument("--truncation", type=float, default=None,
                    help="GAN pipelines: resample latent components beyond this (default: none)")
@@ -92,7 +93,8 @@ def _call_options(pipe, args) -> dict:
     options.default_guidance(pipe, args)
     given = {k: v for k, v in (("num_inference_steps", args.steps),
                                ("guidance_scale", args.guidance_scale), ("eta", args.eta),
-                               ("sampler", args.sampler), ("truncation", args.truncation))
+                               ("sampler", args.sampler), ("truncation", args.truncation),
+                               ("guidance", options.guidance_from_args(args)))
              if k in accepted and v is not None}
     given.update(options.decoding_options(pipe, args))
     return given
@@ -182,7 +184,8 @@ def run(args) -> int:
         _write_files(images, seeds, labels, prompts, pipe, args)
     if "num_inference_steps" in call:
         sampler = args.sampler or sampler_name(pipe)
-        print(f"sampler={sampler} steps={args.steps} NFE={nfe} guidance_scale="
+        guidance = pipe.guidance_method(call.get("guidance")).name
+        print(f"sampler={sampler} steps={args.steps} NFE={nfe} guidance={guidance} guidance_scale="
               f"{args.guidance_scale} seed={args.seed} time={time.time() - start:.1f}s")
     else:
         decoding = ""

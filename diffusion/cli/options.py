@@ -186,14 +186,56 @@ def add_guidance_scale(p: argparse.ArgumentParser, help: str = "guidance scale (
     p.add_argument("--guidance-scale", type=float, default=None, help=help)
 
 
+def add_guidance(p: argparse.ArgumentParser) -> None:
+    """``--guidance NAME`` and ``--guidance-option KEY=VALUE`` (repeatable): the guidance method of
+    diffusion models (:mod:`samplers.guidance`)."""
+    p.add_argument("--guidance", default=None, metavar="NAME",
+                   help="diffusion models: guidance method (cfg, interval, apg, cfg-zero-star, "
+                        "cfg++, autoguidance; see docs/samplers.md); default: the model's saved "
+                        "one, else cfg")
+    p.add_argument("--guidance-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="an option of --guidance, repeatable (e.g. sigma_lo=0.3, eta=0, "
+                        "guide_model=DIR for autoguidance)")
+
+
+def _option_value(text: str):
+    """``"0.3"`` -> 0.3, ``"2"`` -> 2, ``"true"`` -> True, anything else stays a str (a path)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, (int, float, bool)) or value is None else text
+
+
+def guidance_from_args(args):
+    """The method of ``--guidance`` / ``--guidance-option`` (``None`` when neither is given), built
+    by :func:`samplers.build_guidance`; a bad name, option or value exits naming what is allowed."""
+    from samplers import build_guidance
+
+    name, given = getattr(args, "guidance", None), getattr(args, "guidance_option", None) or []
+    if name is None:
+        if given:
+            raise SystemExit("error: --guidance-option needs --guidance NAME")
+        return None
+    options = {}
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --guidance-option {item!r}: give KEY=VALUE, e.g. sigma_lo=0.3")
+        options[key.strip()] = _option_value(value.strip())
+    with exit_on(ValueError, TypeError, prefix="--guidance: "):
+        return build_guidance(name, **options)
+
+
 def default_guidance(pipe, args) -> None:
     """``--guidance-scale`` (and a one-run ``--steps``) left unset: 2.0 (and 20) for diffusion
     pipelines (the shipped model's setting); others keep ``None`` (an AR pipeline then uses its
     saved decoding setting). First refuses the family flags ``pipe`` has no use for."""
     refuse_unused(pipe, args)
     if "num_inference_steps" in inspect.signature(pipe.__call__).parameters:
-        if args.guidance_scale is None:
-            args.guidance_scale = 2.0
+        if args.guidance_scale is None:  # cfg++ takes lambda in [0, 1]: its own default
+            method = guidance_from_args(args)
+            args.guidance_scale = 2.0 if method is None else method.default_guidance_scale
         if getattr(args, "steps", 0) is None and not hasattr(args, "samplers"):  # one run
             args.steps = DEFAULT_STEPS
 
@@ -201,7 +243,8 @@ def default_guidance(pipe, args) -> None:
 #: Flag -> the pipeline ``__call__`` argument it sets: a flag is refused for a pipeline whose
 #: call does not take that argument (a GAN has no sampler; a diffusion model no top-k).
 FAMILY_FLAGS = {"--sampler": "sampler", "--steps": "num_inference_steps",
-                "--guidance-scale": "guidance_scale", "--eta": "eta",
+                "--guidance-scale": "guidance_scale", "--guidance": "guidance",
+                "--guidance-option": "guidance", "--eta": "eta",
                 "--truncation": "truncation", "--temperature": "temperature", "--top-k": "top_k",
                 "--top-p": "top_p", "--num-beams": "num_beams", "--no-kv-cache": "use_cache",
                 "--nfe": "num_inference_steps"}
@@ -254,6 +297,7 @@ def add_batch_size(p: argparse.ArgumentParser, default: int, help: str = None) -
 def add_run(p: argparse.ArgumentParser, batch_size: int) -> None:
     """Guidance, seeds and batch size of a run of images (evaluate, sweep, compare, synthesize)."""
     add_guidance_scale(p)
+    add_guidance(p)
     add_seed(p)
     add_batch_size(p, batch_size)
 

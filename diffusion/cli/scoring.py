@@ -79,7 +79,8 @@ def eval_kwargs(args, accelerator) -> dict:
     real = getattr(args, "real", None)
     features, dataset, split = reference_data(args)
     return dict(metrics=args.metrics, num_samples=args.num_samples, batch_size=args.batch_size,
-                guidance_scale=None if real else args.guidance_scale, seed=args.seed,
+                guidance_scale=None if real else args.guidance_scale,
+                guidance=None if real else options.guidance_from_args(args), seed=args.seed,
                 dataset=dataset, dataset_root=args.dataset_root, feature_network=features,
                 inception_weights=args.inception_weights, reference_split=split,
                 reference_num_samples=args.reference_num_samples, cache_dir=cache_dir,

@@ -59,7 +59,9 @@ def run(args) -> int:
             pipe, args.out, args.per_class, class_prompts=class_prompts, class_names=names,
             batch_size=args.batch_size, seed=args.seed, sampler=args.sampler,
             num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-            pipeline_kwargs=options.decoding_options(pipe, args) or None,
+            pipeline_kwargs={**options.decoding_options(pipe, args),
+                             **({"guidance": options.guidance_from_args(args)}
+                                if args.guidance else {})} or None,
             autocast_dtype=torch.bfloat16 if args.bf16 else None, progress=not args.quiet,
             overwrite=args.overwrite,
             extra_info={"command": "python -m diffusion " + shlex.join(command)} if command else None)

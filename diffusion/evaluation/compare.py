@@ -227,7 +227,7 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
             cas: bool = False, cas_steps: Optional[int] = None,
             batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, latency_repeats: int = 3,
             measure_memory: bool = True, guidance_scale: Optional[float] = None,
-            class_prompts: Optional[Sequence[Sequence[str]]] = None,
+            guidance=None, class_prompts: Optional[Sequence[Sequence[str]]] = None,
             device: Optional[str] = None, progress: bool = True,
             **evaluate_kwargs) -> list[dict]:
     """Evaluate and time every model; one row per (model, sampler, steps).
@@ -246,6 +246,8 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
         latency_repeats: batch-1 calls whose median gives ``seconds_per_image``.
         measure_memory: on CPU, measure peak memory in a fresh process per row.
         guidance_scale: ``None``: 2.0 for diffusion pipelines, the saved setting otherwise.
+        guidance: diffusion models: the guidance method (a name or ``samplers.build_guidance(...)``;
+            ``None``: each model's saved default); families without guidance ignore it.
         class_prompts: K prompt lists for text-to-image models (as in ``evaluate``).
         device: torch device for every model (default CPU).
         evaluate_kwargs: further :func:`~diffusion.evaluation.evaluate` arguments (``cache_dir``,
@@ -269,6 +271,10 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
     if not models:
         raise ValueError("compare needs at least one model")
     autocast_dtype = evaluate_kwargs.get("autocast_dtype")
+    if guidance is not None:  # a spec, so the fresh-process memory probe can take it as JSON
+        from samplers.guidance import as_guidance
+
+        guidance = as_guidance(guidance).spec()
     rows = []
     for model in models:
         folder = Path(model) if isinstance(model, (str, Path)) else None
@@ -281,7 +287,7 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
         if scale is None and _takes_steps(pipe):
             scale = 2.0
         for config in _row_configs(pipe, samplers, steps):
-            config = pipeline_call_kwargs(pipe, config, guidance_scale=scale)
+            config = pipeline_call_kwargs(pipe, config, guidance_scale=scale, guidance=guidance)
             row = evaluate(pipe, metrics=metrics, num_samples=num_samples, progress=progress,
                            class_prompts=prompts, **config, **evaluate_kwargs)
             row.update(model=name, family=family_of(pipe), **count_parameters(pipe),

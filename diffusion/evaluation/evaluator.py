@@ -159,7 +159,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
              metrics: Sequence[str] = DEFAULT_METRICS, num_samples: int = 2000,
              batch_size: int = 250, sampler: Optional[str] = None,
              num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
-             seed: int = 0, *, feature_network: Union[str, Any] = "classifier",
+             seed: int = 0, *, guidance=None, feature_network: Union[str, Any] = "classifier",
              inception_weights: Optional[str] = None, classifier=None,
              reference_split: str = "test", reference_num_samples: Optional[int] = None,
              dataset_root: Optional[str] = None, cache_dir: Optional[Union[str, Path]] = "default",
@@ -185,6 +185,9 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         sampler, num_inference_steps, guidance_scale: passed to the pipeline when not ``None``
             and its ``__call__`` takes them (diffusion pipelines; ignored for a GAN); other
             families take theirs through ``pipeline_kwargs`` (e.g. ``{"truncation": 1.0}``).
+        guidance: diffusion pipelines: the guidance method (a name or
+            ``samplers.build_guidance(...)``; ``None``: the pipeline's default); part of the cache
+            key when it is not plain CFG, and recorded as ``guidance`` in the result.
         seed: image ``i`` uses ``torch.Generator().manual_seed(seed + i)``.
         feature_network: ``"classifier"`` (the shipped Fashion-MNIST classifier's 128-d
             penultimate features; default), ``"inception"`` (Inception-v3 pool features from
@@ -262,7 +265,7 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
 
     call_kwargs = pipeline_call_kwargs(pipeline, pipeline_kwargs, sampler=sampler,
                                        num_inference_steps=num_inference_steps,
-                                       guidance_scale=guidance_scale)
+                                       guidance_scale=guidance_scale, guidance=guidance)
     sample_cache = None if cache_dir is None or not cache_samples else Path(cache_dir) / "samples"
     fake, logits, labels, fake_speckle = [], [], [], []
     seconds, nfe, generated, hardware = 0.0, 0, 0, {}
@@ -310,6 +313,8 @@ def evaluate(pipeline, dataset: Union[str, Any] = "fashion-mnist",
         sampler=call_kwargs.get("sampler") or sampler_name(pipeline),
         num_inference_steps=call_kwargs.get("num_inference_steps"),
         guidance_scale=call_kwargs.get("guidance_scale"),
+        guidance=settings.get("guidance", {"name": "cfg"}) if hasattr(pipeline, "guidance_method")
+        else None,
         seed=seed, batch_size=batch_size,
         autocast_dtype=str(autocast_dtype) if autocast_dtype else None,
         device=str(device),

@@ -11,8 +11,9 @@ The cache stores shards of ``shard_size`` images as ``shard-NNNNN.npz`` (uint8 `
 images, int64 labels, seconds, NFE) under ``cache_dir/<key>/``, written atomically (a temporary file
 renamed into place), so an interrupted sweep resumes at the first missing shard and never reads a
 half-written one. The key is a hash of the pipeline's weights and scheduler config, the call
-arguments (sampler - with its scheduler class and full built config -, steps, guidance, ...), the
-seed, the shard size and the autocast dtype; ``settings.json`` beside the shards spells them out.
+arguments (sampler - with its scheduler class and full built config -, steps, guidance scale, ...),
+the guidance method when it is not plain CFG (:func:`guidance_settings`), the seed, the shard size
+and the autocast dtype; ``settings.json`` beside the shards spells them out.
 The key cannot see a change to a scheduler's *code*: clear the cache after editing one.
 
 A shard is read from its own file or, failing that, from a longer one of the same index (the full
@@ -138,6 +139,27 @@ def _sampler_config(pipe, call_kwargs: Mapping[str, Any]) -> Optional[dict]:
     return config
 
 
+def guidance_settings(pipe, call_kwargs: Mapping[str, Any]) -> Optional[dict]:
+    """The guidance method a diffusion call with ``call_kwargs`` runs (``guidance``, else the
+    pipeline's saved default) as ``{"name", "options"}``, or ``None`` for plain CFG with default
+    options - absent from the key then, so keys made before guidance methods existed still hold
+    and ``guidance="cfg"`` shares the default's cache. Autoguidance's ``guide_model`` is recorded
+    by its U-Net's fingerprint (weights + config), not by where it is."""
+    if not hasattr(pipe, "guidance_method"):
+        return None
+    from samplers.guidance import is_default_guidance
+
+    method = pipe.guidance_method(call_kwargs.get("guidance"))
+    if is_default_guidance(method):
+        return None
+    spec = method.spec()
+    if method.uses_guide_network and spec["options"].get("guide_model") is not None:
+        unet = pipe.guide_unet(method)
+        holder = type("GuideNetwork", (), {"components": {"unet": unet}})()
+        spec["options"]["guide_model"] = "unet sha256 " + pipeline_fingerprint(holder)
+    return spec
+
+
 def sample_settings(pipe, call_kwargs: Mapping[str, Any], seed: int, shard_size: int,
                     autocast_dtype: Optional[torch.dtype],
                     class_prompts: Optional[Sequence[Sequence[str]]] = None) -> dict:
@@ -146,7 +168,7 @@ def sample_settings(pipe, call_kwargs: Mapping[str, Any], seed: int, shard_size:
         "scheme": SCHEME_VERSION,
         "pipeline": type(pipe).__name__,
         "fingerprint": pipeline_fingerprint(pipe),
-        "call_kwargs": {k: v for k, v in sorted(call_kwargs.items())},
+        "call_kwargs": {k: v for k, v in sorted(call_kwargs.items()) if k != "guidance"},
         "sampler_config": _sampler_config(pipe, call_kwargs),
         "seed": seed,
         "shard_size": shard_size,
@@ -155,6 +177,9 @@ def sample_settings(pipe, call_kwargs: Mapping[str, Any], seed: int, shard_size:
     }
     if class_prompts is not None:  # absent otherwise, so keys of class-label runs are unchanged
         settings["class_prompts"] = [list(p) for p in class_prompts]
+    guidance = guidance_settings(pipe, call_kwargs)
+    if guidance is not None:  # absent for plain CFG, so earlier keys are unchanged
+        settings["guidance"] = guidance
     return settings
 
 

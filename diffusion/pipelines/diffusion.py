@@ -4,7 +4,9 @@ Classifier-free guidance (Ho & Salimans 2022, eq. 6): the model output is
 ``uncond + guidance_scale * (cond - uncond)``; conditional and null rows share one batched
 forward, and ``guidance_scale == 1`` runs one (conditional) forward only. The combination is
 applied to whatever the network predicts (epsilon, v or x0), which are affine in each other
-given ``x_t``.
+given ``x_t``. That is the default guidance method; ``guidance=`` picks another by name
+(interval, APG, CFG-Zero*, CFG++, autoguidance: :mod:`samplers.guidance`), which also says per step
+whether the null forward is needed at all (if not, the conditional rows run alone).
 
 Conditions: class labels (null row = the null class ``num_classes``) and/or text prompts read by
 a ``UNet2DConditionModel``'s cross-attention (null row = the empty prompt ``""``, or
@@ -41,6 +43,7 @@ from diffusion.pipelines.base import (ImagePipeline, check_class_names, check_ge
 from samplers.checks import check_int, check_number
 from samplers.diffusion import (build_sampler, check_parameterisation, list_samplers,
                                 sampler_name)
+from samplers.guidance import GuidanceMethod, GuidanceStep, as_guidance
 
 
 def denoising_stage(scheduler, first_nonfinite: torch.Tensor) -> str:
@@ -103,7 +106,8 @@ class DiffusionImagePipeline(ImagePipeline):
     _optional_components = ["text_encoder", "tokenizer"]
 
     def __init__(self, unet, scheduler, class_names: Optional[List[str]] = None,
-                 text_encoder=None, tokenizer=None, text_encoder_reference: Optional[dict] = None):
+                 text_encoder=None, tokenizer=None, text_encoder_reference: Optional[dict] = None,
+                 guidance: Optional[dict] = None):
         super().__init__()
         dim = cross_attention_dim_of(unet)
         if dim is not None:
@@ -121,6 +125,9 @@ class DiffusionImagePipeline(ImagePipeline):
         self.register_to_config(class_names=check_class_names(class_names, num_classes_of(unet)))
         # Recorded as loaded; save_pretrained sets it from the encoder it holds.
         self.register_to_config(text_encoder_reference=text_encoder_reference)
+        self._guide_unets: dict = {}  # autoguidance: guide folder -> its loaded U-Net
+        if guidance is not None:  # absent = plain CFG; folders saved without it load unchanged
+            self.set_guidance(guidance)
 
     def save_pretrained(self, save_directory, *args, save_text_encoder: Optional[bool] = None,
                         **kwargs) -> None:
@@ -242,6 +249,99 @@ class DiffusionImagePipeline(ImagePipeline):
         """Replace ``self.scheduler`` by sampler ``name`` on the same training noise schedule."""
         self.scheduler = build_sampler(name, self.scheduler, **options)
 
+    def set_guidance(self, guidance: Union[str, dict, GuidanceMethod, None], **options) -> None:
+        """Save ``guidance`` as this pipeline's default guidance method (``model_index.json``
+        ``guidance``: ``{"name": ..., "options": {...}}``; ``None``: plain CFG). A call's
+        ``guidance=`` overrides it.
+
+        Raises:
+            ValueError: unknown name or options, or options that cannot be saved (autoguidance
+                with a loaded network instead of a folder path).
+        """
+        if guidance is None:
+            self.register_to_config(guidance=None)
+            return
+        method = as_guidance(guidance if not options else {"name": guidance, "options": options})
+        spec = method.spec()
+        bad = [k for k, v in spec["options"].items()
+               if not isinstance(v, (str, int, float, bool, type(None)))]
+        if bad:
+            raise ValueError(f"guidance option {bad[0]!r} of {spec['name']!r} cannot be saved in the "
+                             f"pipeline config (give a folder path / a number)")
+        self.register_to_config(guidance=spec)
+
+    def guidance_method(self, guidance=None) -> GuidanceMethod:
+        """The guidance method a call with ``guidance`` runs: that one (a name, spec or method),
+        else the pipeline's saved default (:meth:`set_guidance`), else plain CFG."""
+        return as_guidance(guidance if guidance is not None else self.config.get("guidance"))
+
+    def guide_unet(self, method: GuidanceMethod):
+        """The weaker network of an autoguidance ``method`` (its ``guide_model``: a saved pipeline
+        folder, loaded once and kept; or a loaded pipeline / U-Net), checked to fit this pipeline:
+        same class table, channels, cross-attention and training noise schedule.
+
+        Raises:
+            ValueError: no ``guide_model``, or a network that does not fit (both values named).
+            FileNotFoundError: the folder is not a saved pipeline.
+        """
+        from samplers.diffusion import training_schedule
+
+        guide = method.options.get("guide_model")
+        if guide is None:
+            raise ValueError(f"guidance {method.name!r} needs guide_model=<a saved pipeline folder "
+                             f"of a weaker model of the same family and schedule>")
+        if isinstance(guide, (str, Path)):
+            key = str(Path(guide).expanduser().resolve())
+            if key not in self._guide_unets:
+                loaded = DiffusionImagePipeline.from_pretrained(guide)
+                if not isinstance(loaded, DiffusionImagePipeline):
+                    raise ValueError(f"guide_model {str(guide)!r} is a {type(loaded).__name__}, "
+                                     f"not a DiffusionImagePipeline")
+                self._guide_unets[key] = loaded
+            guide = self._guide_unets[key]
+        unet = getattr(guide, "unet", guide)
+        scheduler = getattr(guide, "scheduler", None)
+        checks = [("class table (num_classes)", num_classes_of(unet), self.num_classes),
+                  ("cross_attention_dim", cross_attention_dim_of(unet),
+                   cross_attention_dim_of(self.unet)),
+                  ("in_channels", unet.config.in_channels, self.unet.config.in_channels)]
+        if scheduler is not None:
+            checks.append(("training noise schedule", training_schedule(scheduler),
+                           training_schedule(self.scheduler)))
+        for what, theirs, ours in checks:
+            if theirs != ours:
+                shown = (lambda v: v if what != "training noise schedule" else
+                         {k: x for k, x in v.items() if k != "trained_betas"})
+                raise ValueError(f"guide_model does not fit this pipeline: its {what} is "
+                                 f"{shown(theirs)}, this model's is {shown(ours)}")
+        device, dtype = self._execution_device, self.unet.dtype
+        if getattr(unet, "device", None) != device or getattr(unet, "dtype", None) != dtype:
+            unet = unet.to(device=device, dtype=dtype)  # (diffusers warns on every dtype cast)
+        return unet
+
+    def check_guidance(self, guidance, guidance_scale, sampler, conditional: bool) -> GuidanceMethod:
+        """The call's guidance method, checked (before any network work): its name and options,
+        its sampler (CFG++), its scale, its guide network (autoguidance), and that the model has
+        a null condition when the method needs one.
+
+        Raises:
+            ValueError: with the value given and what is allowed.
+        """
+        method = self.guidance_method(guidance)
+        method.check_sampler(sampler if sampler is not None else sampler_name(self.scheduler))
+        method.check_scale(guidance_scale)
+        if method.needs_ddpm_noise_level:
+            method.check_scheduler(self.scheduler if sampler is None
+                                   else build_sampler(sampler, self.scheduler))
+        if method.uses_guide_network:
+            self.guide_unet(method)
+        elif guidance is not None and not conditional:
+            raise ValueError(f"guidance {method.name!r} combines the conditional and the null "
+                             f"prediction, and this model is unconditional (no class table, no "
+                             f"text encoder): leave guidance out, or use 'autoguidance' with a "
+                             f"guide_model")
+        return method
+
     def check_inputs(self, class_labels, prompt, num_images_per_prompt, num_inference_steps,
                      guidance_scale, eta, generator, latents, output_type, sampler, height,
                      width, callback_on_step_end_tensor_inputs=("latents",), negative_prompt=None,
@@ -305,6 +405,7 @@ class DiffusionImagePipeline(ImagePipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         negative_prompt: Union[str, List[str], None] = None,
         on_nonfinite: str = "raise",
+        guidance: Union[str, dict, GuidanceMethod, None] = None,
     ):
         """Generate images.
 
@@ -323,7 +424,12 @@ class DiffusionImagePipeline(ImagePipeline):
                 (``[a, b]`` with 2 gives ``[a, a, b, b]``).
             num_inference_steps: sampler steps (NFE may be more, e.g. Heun; see ``nfe``).
             guidance_scale: classifier-free guidance weight ``s`` (1 = no guidance, one forward;
-                the null / negative prompt is then not encoded).
+                the null / negative prompt is then not encoded); for ``guidance="cfg++"`` it is
+                lambda in [0, 1].
+            guidance: how the conditional and null predictions are combined: a name from
+                ``samplers.list_guidance_methods()`` or a method from
+                ``samplers.build_guidance(name, **options)`` (see :mod:`samplers.guidance`);
+                ``None``: the pipeline's saved default (:meth:`set_guidance`), else plain CFG.
             eta: DDIM noise weight (0 = deterministic DDIM; used by samplers that accept it).
             generator: one ``torch.Generator``, or a list with one per image: then each image
                 depends only on its own generator, not on the batch it sits in.
@@ -356,6 +462,8 @@ class DiffusionImagePipeline(ImagePipeline):
             class_labels, prompt, num_images_per_prompt, num_inference_steps, guidance_scale, eta,
             generator, latents, output_type, sampler, height, width,
             callback_on_step_end_tensor_inputs, negative_prompt, on_nonfinite, return_dict)
+        method = self.check_guidance(guidance, guidance_scale, sampler,
+                                     conditional=labels is not None or prompts is not None)
         device, dtype = self._execution_device, self.unet.dtype
         batch = len(prompts) if prompts is not None else \
             num_images_per_prompt if labels is None else len(labels)
@@ -375,19 +483,25 @@ class DiffusionImagePipeline(ImagePipeline):
 
         # 2. Conditioning: [null; cond] rows for guidance, cond rows alone when s == 1. Text is
         #    encoded here, once per call: one encoder forward over the distinct prompts.
+        #    Autoguidance's weaker network reads the cond rows (no null condition).
         conditional = labels is not None or prompts is not None
-        guided = conditional and guidance_scale != 1.0
+        guide_unet = self.guide_unet(method) if method.uses_guide_network else None
+        guided = (conditional or guide_unet is not None) and method.uses_null(guidance_scale)
+        paired = guided and guide_unet is None
         text_kwargs = {}
         if labels is not None:
             labels = labels.to(device)
-            if guided:
+            if paired:
                 null = torch.full_like(labels, self.num_classes)
                 labels = torch.cat([null, labels])
         if prompts is not None:
-            null_prompts = (negatives or [NULL_PROMPT] * batch) if guided else []
+            null_prompts = (negatives or [NULL_PROMPT] * batch) if paired else []
             hidden_states, mask = self.encode_conditions(null_prompts + prompts, device, dtype)
-            text_kwargs = {"encoder_hidden_states": hidden_states,    # ((1 + guided) B, L, D)
-                           "encoder_attention_mask": mask}            # ((1 + guided) B, L)
+            text_kwargs = {"encoder_hidden_states": hidden_states,    # ((1 + paired) B, L, D)
+                           "encoder_attention_mask": mask}            # ((1 + paired) B, L)
+        cond_rows = slice(batch if paired else 0, None)  # the cond rows of labels / text_kwargs
+        cond_kwargs = {"class_labels": None if labels is None else labels[cond_rows],
+                       **{k: v[cond_rows] for k, v in text_kwargs.items()}}
 
         accepted = set(inspect.signature(scheduler.step).parameters)
         step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
@@ -397,15 +511,24 @@ class DiffusionImagePipeline(ImagePipeline):
         nfe = 0
         timesteps = scheduler.timesteps
         first_nonfinite = torch.full((batch,), -1, dtype=torch.long, device=device)
+        method.reset()
         for i, t in enumerate(self.progress_bar(timesteps)):
-            x_in = torch.cat([latents, latents]) if guided else latents
-            x_in = scale_model_input(x_in, t)
-            model_output = self.unet(x_in, t, class_labels=labels, **text_kwargs).sample
+            x_t = scale_model_input(latents, t)
+            step = GuidanceStep(i, len(timesteps), t, x_t, latents, scheduler)
+            uncond = None
+            if guided and method.needs_null(step, guidance_scale):
+                if paired:  # one batched forward: null rows, then the cond rows
+                    model_output = self.unet(torch.cat([x_t, x_t]), t, class_labels=labels,
+                                             **text_kwargs).sample
+                    uncond, cond = model_output.chunk(2)
+                else:  # autoguidance: the weaker network, same condition (counted in NFE)
+                    uncond = guide_unet(x_t, t, **cond_kwargs).sample
+                    nfe += 1
+            if uncond is None or not paired:
+                cond = self.unet(x_t, t, **cond_kwargs).sample
             nfe += 1
-            if guided:
-                uncond, cond = model_output.chunk(2)
-                model_output = uncond + guidance_scale * (cond - uncond)
-            latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+            model_output, sample = method.guide(cond, uncond, step, guidance_scale)
+            latents = scheduler.step(model_output, t, sample, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 available = {"latents": latents, "model_output": model_output}
                 tensors = {k: available[k] for k in callback_on_step_end_tensor_inputs}

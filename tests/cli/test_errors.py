@@ -186,3 +186,47 @@ def test_cas_without_progress_disables_the_training_bar():
     with cas._no_training_bar():
         assert loop.tqdm(total=3).disable
     assert loop.tqdm is original and not loop.tqdm(total=3, file=open("/dev/null", "w")).disable
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance", "apg"], "error: --guidance: only diffusion pipelines take this; this is a gan "
+                            "model (GANPipeline)"),
+    (["--guidance-option", "eta=0"], "error: --guidance-option: only diffusion pipelines take "
+                                     "this; this is a gan model"),
+])
+def test_guidance_flags_are_refused_for_a_gan(gan_model, tmp_path, args, message):
+    out = tmp_path / "g.png"
+    assert _error(["generate", "--model", gan_model, "--out", str(out), "--quiet", *args]) \
+        .startswith(message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance", "pag"], "error: --guidance: unknown guidance method 'pag'; choose one of "
+                            "['apg', 'autoguidance', 'cfg', 'cfg++', 'cfg-zero-star', 'interval']"),
+    (["--guidance", "apg", "--guidance-option", "beta=1"],
+     "error: --guidance: guidance method 'apg' has no option 'beta'; it takes ['eta', "),
+    (["--guidance", "apg", "--guidance-option", "eta"], "error: --guidance-option 'eta': give "
+                                                        "KEY=VALUE"),
+    (["--guidance-option", "eta=0"], "error: --guidance-option needs --guidance NAME"),
+    (["--guidance", "cfg++", "--sampler", "dpmpp-2m"], "error: guidance 'cfg++' is defined for "
+                                                       "the samplers ['ddim', 'ddpm', 'euler', "
+                                                       "'euler-a']"),
+    (["--guidance", "autoguidance"], "error: guidance 'autoguidance' needs guide_model="),
+])
+def test_bad_guidance_flags_are_one_line_errors(class_model, tmp_path, args, message):
+    out = tmp_path / "g.png"
+    assert _error(["generate", "--model", class_model, "--out", str(out), "--quiet",
+                   "--steps", "2", *args]).startswith(message)
+    assert not out.exists()
+
+
+def test_guidance_flags_reach_the_pipeline_and_the_printed_line(class_model, tmp_path, capsys):
+    out = tmp_path / "g.png"
+    assert main(["generate", "--model", class_model, "--per-class", "1", "--steps", "2",
+                 "--out", str(out), "--quiet", "--guidance", "interval",
+                 "--guidance-option", "sigma_lo=0.5", "--guidance-option", "sigma_hi=2"]) == 0
+    assert out.exists() and "guidance=interval guidance_scale=2.0" in capsys.readouterr().out
+    assert main(["generate", "--model", class_model, "--per-class", "1", "--steps", "2",
+                 "--out", str(out), "--quiet", "--guidance", "cfg++", "--sampler", "ddim"]) == 0
+    assert "guidance=cfg++ guidance_scale=0.6" in capsys.readouterr().out

@@ -280,3 +280,31 @@ def test_malformed_class_prompts_raise(bad):
     with pytest.raises(ValueError, match="class_prompts must be"):
         check_class_prompts(bad)
     assert check_class_prompts(["a", ["b", "c"]]) == [["a"], ["b", "c"]]
+
+
+def test_cache_key_holds_the_guidance_method_unless_it_is_plain_cfg(pipe, tmp_path):
+    """Plain CFG (named or not, or saved as the default) keeps the key of no guidance; any other
+    method or option changes it; a saved default counts like a named one; autoguidance's guide
+    is keyed by its weights, not its folder."""
+    from samplers import build_guidance
+
+    call = KW["call_kwargs"]
+    base = settings_key(sample_settings(pipe, call, 0, 500, None))
+    for same in ("cfg", build_guidance("cfg"), {"name": "cfg", "options": {}}):
+        assert settings_key(sample_settings(pipe, {**call, "guidance": same}, 0, 500, None)) == base
+    weak = make_pipe(seeded_unet(seed=1))
+    weak.save_pretrained(tmp_path / "a")
+    weak.save_pretrained(tmp_path / "b")
+    methods = ["apg", build_guidance("apg", eta=0.5), "interval", "cfg-zero-star",
+               build_guidance("cfg", guidance_rescale=0.7),
+               build_guidance("autoguidance", guide_model=str(tmp_path / "a"))]
+    keys = {settings_key(sample_settings(pipe, {**call, "guidance": m}, 0, 500, None))
+            for m in methods}
+    assert base not in keys and len(keys) == len(methods)
+    moved = sample_settings(pipe, {**call, "guidance": build_guidance(
+        "autoguidance", guide_model=str(tmp_path / "b"))}, 0, 500, None)
+    assert settings_key(moved) in keys and moved["guidance"]["name"] == "autoguidance"
+    saved = make_pipe()
+    saved.set_guidance("apg")
+    assert settings_key(sample_settings(saved, call, 0, 500, None)) == \
+        settings_key(sample_settings(pipe, {**call, "guidance": "apg"}, 0, 500, None))
