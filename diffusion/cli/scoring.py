@@ -55,6 +55,9 @@ def reference_data(args):
         with exit_on(FileNotFoundError, ValueError, prefix="--classifier: "):
             features = ClassifierFeatures(path=args.classifier)
     if args.dataset != "image-folder":
+        if args.dataset_root:  # checked up front: a wrong root is never silently replaced
+            with exit_on(FileNotFoundError, ValueError, prefix="--dataset-root: "):
+                load_dataset(args.dataset, split=args.reference_split, root=args.dataset_root)
         return features, args.dataset, args.reference_split
     if not args.dataset_root or not args.classifier:
         raise SystemExit("error: --dataset image-folder needs --dataset-root DIR (class "

@@ -137,7 +137,8 @@ def fashion_mnist(split: str = "train", root: Optional[str] = None,
                   download: bool = False) -> TensorImageDataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 train / 10,000 test grayscale 28x28 images, 10 classes.
 
-    Looks in ``root`` (if given), then ``$FASHION_MNIST_DIR``, then Debian's
+    Looks in ``root`` if given (and only there: a given root that lacks the files is an error,
+    not a silent fall-back to another copy), else in ``$FASHION_MNIST_DIR``, then Debian's
     ``/usr/share/datasets/fashion-mnist``. Returns images ``(N, 1, 28, 28)`` float32 in [-1, 1].
 
     Raises:
@@ -147,6 +148,14 @@ def fashion_mnist(split: str = "train", root: Optional[str] = None,
     """
     if split not in _IDX_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if root is not None and not download:
+        image_name, label_name = _IDX_FILES[split]
+        if not (_find(Path(root), image_name) and _find(Path(root), label_name)):
+            raise FileNotFoundError(
+                f"Fashion-MNIST root {str(root)!r} holds no {image_name} and {label_name} "
+                f"(optionally .gz); point it at the folder with the IDX files, or leave it out to "
+                f"use $FASHION_MNIST_DIR or Debian's {DEBIAN_FASHION_MNIST}.\n" +
+                _MISSING_HELP.format(tried=[str(root)], files=f"{image_name}, {label_name}"))
     roots = [Path(p) for p in (root, os.environ.get("FASHION_MNIST_DIR")) if p]
     roots.append(DEBIAN_FASHION_MNIST)
     if download:

@@ -142,12 +142,15 @@ def _caller_state_kept():
 @contextmanager
 def _no_training_bar():
     """The loop's tqdm bar disabled (``training.loop.train`` has no progress flag of its own)."""
-    import functools
 
     import training.loop as loop  # upward edge: CAS trains a classifier with the one loop
 
     bar = loop.tqdm
-    loop.tqdm = functools.partial(bar, disable=True)
+
+    def hidden(*args, **kwargs):  # the loop passes disable=... itself: override it
+        return bar(*args, **{**kwargs, "disable": True})
+
+    loop.tqdm = hidden
     try:
         yield
     finally:

@@ -184,7 +184,7 @@ def test_cas_without_progress_disables_the_training_bar():
 
     original = loop.tqdm
     with cas._no_training_bar():
-        assert loop.tqdm(total=3).disable
+        assert loop.tqdm(total=3).disable and loop.tqdm(total=3, disable=False).disable
     assert loop.tqdm is original and not loop.tqdm(total=3, file=open("/dev/null", "w")).disable
 
 
@@ -230,3 +230,9 @@ def test_guidance_flags_reach_the_pipeline_and_the_printed_line(class_model, tmp
     assert main(["generate", "--model", class_model, "--per-class", "1", "--steps", "2",
                  "--out", str(out), "--quiet", "--guidance", "cfg++", "--sampler", "ddim"]) == 0
     assert "guidance=cfg++ guidance_scale=0.6" in capsys.readouterr().out
+
+
+def test_evaluate_with_a_wrong_dataset_root_is_one_error_line(class_model, tmp_path):
+    message = _error(["evaluate", "--model", class_model, "--dataset-root", str(tmp_path / "none"),
+                      "--no-cache", "--num-samples", "4", "--metrics", "fid"])
+    assert message.startswith("error: --dataset-root: Fashion-MNIST root ") and "holds no" in message

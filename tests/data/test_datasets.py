@@ -220,3 +220,11 @@ def test_a_registered_loader_gets_the_settings_its_signature_names(monkeypatch, 
                         lambda image_size, seed=0: CaptionedImageDataset(
                             torch.zeros(2, 1, image_size, image_size), [["x"], ["y"]], seed=seed))
     assert load_dataset("tiny-captions", image_size=8).images.shape == (2, 1, 8, 8)
+
+
+def test_a_given_fashion_mnist_root_without_the_files_is_an_error_not_a_fall_back(tmp_path):
+    from diffusion.data.datasets import fashion_mnist
+
+    with pytest.raises(FileNotFoundError, match=r"Fashion-MNIST root '.*empty' holds no "
+                                                r"train-images-idx3-ubyte"):
+        fashion_mnist("train", root=str(tmp_path / "empty"))
