@@ -225,24 +225,24 @@ def report() -> None:
             lines.append(f"| {recipe} | {r['sampler']} | {r['nfe']} | {r['n']:,} | {fmt(r['fid'])} | "
                          f"{fmt(r['kid'] * 1e3, 2)} | {fmt(r['precision'])} | {fmt(r['recall'])} | "
                          f"{fmt(r['accuracy'], 4)} | {fmt(r['speckle_rate'], 4)} |")
-    lines += ["", "## Sampler selection (20 NFE)", "", "| recipe | sampler | n | FID | speckle rate |",
-              "|---|---|---:|---:|---:|"]
-    for r in results:
-        if r.get("stage", "").startswith("sampler-"):
-            lines.append(f"| {r['recipe']} | {r['sampler']} | {r['n']:,} | {fmt(r['fid'])} | "
-                         f"{fmt(r['speckle_rate'], 4)} |")
-    lines += ["", "## Guidance scale (20 NFE)", "", "| recipe | guidance | n | FID | recall | accuracy |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for r in results:
-        if r.get("stage", "").startswith("guidance-"):
-            lines.append(f"| {r['recipe']} | {r['guidance_scale']} | {r['n']:,} | {fmt(r['fid'])} | "
-                         f"{fmt(r['recall'])} | {fmt(r['accuracy'], 4)} |")
-    lines += ["", "## Post-hoc EMA length (20 NFE)", "",
-              "| recipe | sigma_rel | n | FID | recall | accuracy |", "|---|---:|---:|---:|---:|---:|"]
-    for r in results:
-        if r.get("stage", "").startswith("phema-"):
-            lines.append(f"| {r['recipe']} | {r['stage'].split('-', 1)[1]} | {r['n']:,} | "
-                         f"{fmt(r['fid'])} | {fmt(r['recall'])} | {fmt(r['accuracy'], 4)} |")
+    def stage_table(title, columns, prefix, cells, text_columns=1):
+        """A table of every result whose stage starts with ``prefix``; ``cells(r)`` the row; the
+        first ``text_columns`` columns left-aligned, the others right."""
+        out = ["", f"## {title}", "", "| " + " | ".join(columns) + " |",
+               "|" + "---|" * text_columns + "---:|" * (len(columns) - text_columns)]
+        return out + ["| " + " | ".join(cells(r)) + " |" for r in results
+                      if r.get("stage", "").startswith(prefix)]
+
+    lines += stage_table("Sampler selection (20 NFE)", ["recipe", "sampler", "n", "FID", "speckle rate"],
+                         "sampler-", lambda r: [r["recipe"], r["sampler"], f"{r['n']:,}",
+                                                fmt(r["fid"]), fmt(r["speckle_rate"], 4)],
+                         text_columns=2)
+    lines += stage_table("Guidance scale (20 NFE)", ["recipe", "guidance", "n", "FID", "recall", "accuracy"],
+                         "guidance-", lambda r: [r["recipe"], str(r["guidance_scale"]), f"{r['n']:,}",
+                                                 fmt(r["fid"]), fmt(r["recall"]), fmt(r["accuracy"], 4)])
+    lines += stage_table("Post-hoc EMA length (20 NFE)", ["recipe", "sigma_rel", "n", "FID", "recall", "accuracy"],
+                         "phema-", lambda r: [r["recipe"], r["stage"].split("-", 1)[1], f"{r['n']:,}",
+                                              fmt(r["fid"]), fmt(r["recall"]), fmt(r["accuracy"], 4)])
     OUT.mkdir(parents=True, exist_ok=True)
     if csv_rows:
         with open(OUT / "recipes.csv", "w", newline="") as f:
