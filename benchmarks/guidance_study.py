@@ -274,8 +274,7 @@ def summary(best: dict) -> tuple[list[str], dict]:
     """The summary table's lines and, per method, its relative FID change vs CFG's best on the
     study sampler and vs plain CFG's best on its own sampler."""
     ref = best.get("cfg")
-    same = {r["sampler"]: r for k, r in best.items()
-            if METHODS.get(k, Method("", ())).guidance == "cfg" and not METHODS[k].options}
+    same = {r["sampler"]: r for k, r in best.items() if k == "cfg" or is_reference(k)}
     change = {k: {"vs_cfg": None if ref is None else r["fid"] / ref["fid"] - 1,
                   "vs_same_sampler": None if r["sampler"] not in same
                   else r["fid"] / same[r["sampler"]]["fid"] - 1} for k, r in best.items()}
@@ -392,11 +391,12 @@ def report(n: int, n_best: int) -> None:
               "\"FID vs CFG's best\": relative change against plain CFG's best on the study's "
               "sampler; \"on the same sampler\": against plain CFG's best on the row's own sampler "
               "(CFG++ runs on a first-order sampler only).", ""]
-    lines += summary(best)[0] + [""]
+    summary_lines, change = summary(best)
     scan = [r for r in results if r["n"] == n and r["method"] in METHODS]
     edges = {m: (min(ss), max(ss)) for m in METHODS
              if (ss := [r["scale"] for r in scan if r["method"] == m])}
-    lines += [verdict(best, summary(best)[1], edges), "", "## Recommendation", "", recommendation(best), ""]
+    lines += summary_lines + ["", verdict(best, change, edges), "", "## Recommendation", "",
+                              recommendation(best), ""]
 
     names = list(METHODS) + list(EQUAL_NFE)
     for method in names + sorted({r["method"] for r in results} - set(names)):
