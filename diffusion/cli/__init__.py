@@ -1,4 +1,4 @@
-"""Command line: ``python -m diffusion generate|synthesize|evaluate|sweep|compare|samplers ...``
+"""Command line: ``python -m diffusion generate|synthesize|evaluate|sweep|compare|samplers|gallery ...``
 (also the ``diffusion-centric`` script).
 
 One module per command (``diffusion/cli/generate.py``, ...), each with ``add_parser(subparsers)``
@@ -18,6 +18,7 @@ Examples::
     python -m diffusion evaluate --model diffusion/weights/fashion-mnist-text --prompts held-out
     python -m diffusion sweep --samplers ddim,dpmpp-2m,heun --nfe 5,10,20,50 --out runs/sweep
     python -m diffusion synthesize --per-class 100 --out runs/synthetic  # labelled image folder
+    python -m diffusion gallery --out docs/images                     # the README/docs pictures
     accelerate launch --num_processes 2 -m diffusion evaluate ...     # generation split over 2
 
 From Python, ``main(argv)`` runs one command and returns its exit status::
@@ -31,10 +32,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffusion.cli import compare, evaluate, generate, options, samplers, sweep, synthesize
+from diffusion.cli import (compare, evaluate, gallery, generate, options, samplers, sweep,
+                           synthesize)
 
 #: The commands in the order ``--help`` lists them; each module's name is its command's name.
-COMMANDS = (generate, synthesize, evaluate, sweep, compare, samplers)
+COMMANDS = (generate, synthesize, evaluate, sweep, compare, samplers, gallery)
 
 
 def build_parser() -> argparse.ArgumentParser:
