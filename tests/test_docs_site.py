@@ -27,7 +27,8 @@ pytest.importorskip("mkdocs", reason="the docs tools are not installed: pip inst
 pytest.importorskip("material", reason="mkdocs-material is not installed: pip install -e '.[docs]'")
 pytest.importorskip("mkdocstrings_handlers.python",
                     reason="mkdocstrings[python] is not installed: pip install -e '.[docs]'")
-pytest.importorskip("mkdocs_jupyter", reason="mkdocs-jupyter is not installed: pip install -e '.[docs]'")
+pytest.importorskip("mkdocs_jupyter",
+                    reason="mkdocs-jupyter is not installed: pip install -e '.[docs]'")
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("diffusion", "samplers", "training")
@@ -221,4 +222,5 @@ def test_notebook_page_shows_its_images(built_site, notebook):
     rendered = len(RENDERED_PNG.findall(page.read_text(encoding="utf-8")))
     stored = stored_pngs(notebook)
     assert rendered >= 1, f"{page.relative_to(site)} shows no image ({stored} stored)"
-    assert rendered == stored, f"{page.relative_to(site)} shows {rendered} images of {stored} stored"
+    assert rendered == stored, (f"{page.relative_to(site)} shows {rendered} images of {stored} "
+                                f"stored")
