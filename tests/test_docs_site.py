@@ -1,5 +1,6 @@
-"""The documentation site (``mkdocs.yml`` + ``docs/``) builds with ``--strict``, and its API
-reference shows every module of the three packages and every public name in them.
+"""The documentation site (``mkdocs.yml`` + ``docs/``) builds with ``--strict``, its API
+reference shows every module of the three packages and every public name in them, and every
+notebook is a page in the nav with the images stored in it.
 
 "Public name" of a module: the names in its ``__all__`` when it has one, otherwise the functions
 and classes it defines at top level whose names do not start with ``_``. A name a package
@@ -26,10 +27,14 @@ pytest.importorskip("mkdocs", reason="the docs tools are not installed: pip inst
 pytest.importorskip("material", reason="mkdocs-material is not installed: pip install -e '.[docs]'")
 pytest.importorskip("mkdocstrings_handlers.python",
                     reason="mkdocstrings[python] is not installed: pip install -e '.[docs]'")
+pytest.importorskip("mkdocs_jupyter",
+                    reason="mkdocs-jupyter is not installed: pip install -e '.[docs]'")
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("diffusion", "samplers", "training")
 API_PAGES = ROOT / "docs" / "api"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))  # rendered through docs/notebooks
+RENDERED_PNG = re.compile(r'<img\b[^>]*\bsrc="data:image/png;base64,')  # an output image on a page
 BUILD_SECONDS_LIMIT = 120  # measured: ~3 s on 2 shared CPU cores; generous for loaded machines
 
 
@@ -187,3 +192,35 @@ def test_multi_name_parameters_are_split():
     assert ext.split_multi_name_params(text) == (
         "Args:\n    a: both sizes,\n        in pixels.\n    b: both sizes,\n        in pixels.\n"
         "    c: other.\n\nReturns:\n    x, y: not parameters.")
+
+
+def stored_pngs(notebook: Path) -> int:
+    """How many PNG outputs ``notebook`` (an ``.ipynb``) holds."""
+    import json
+
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    return sum("image/png" in output.get("data", {})
+               for cell in cells for output in cell.get("outputs", []))
+
+
+def test_every_notebook_is_in_the_nav():
+    assert NOTEBOOKS, "no notebooks found"
+    nav = (ROOT / "mkdocs.yml").read_text()
+    missing = [p.name for p in NOTEBOOKS if f"notebooks/{p.name}" not in nav]
+    assert not missing, f"notebooks missing from the Notebooks section of mkdocs.yml: {missing}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_page_shows_its_images(built_site, notebook):
+    """mkdocs-jupyter renders the stored outputs (``execute: false``): a page shows exactly the
+    notebook's PNGs, at least one each."""
+    proc, site, _ = built_site
+    if proc.returncode != 0:
+        pytest.fail(f"the site did not build:\n{proc.stderr[-4000:]}")
+    page = site / "notebooks" / notebook.stem / "index.html"
+    assert page.is_file(), f"{notebook.name} was not rendered (expected {page})"
+    rendered = len(RENDERED_PNG.findall(page.read_text(encoding="utf-8")))
+    stored = stored_pngs(notebook)
+    assert rendered >= 1, f"{page.relative_to(site)} shows no image ({stored} stored)"
+    assert rendered == stored, (f"{page.relative_to(site)} shows {rendered} images of {stored} "
+                                f"stored")

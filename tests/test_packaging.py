@@ -29,3 +29,32 @@ def test_every_code_folder_is_a_package_that_setuptools_finds():
     assert not missing, f"folders without __init__.py: {missing}"
     shipped = set(find_packages(str(ROOT), include=[f"{p}*" for p in PACKAGES]))
     assert folders <= shipped, sorted(folders - shipped)
+
+
+def extras() -> dict[str, list[str]]:
+    """``{extra: [requirement names, lower-case]}`` of ``[options.extras_require]`` in setup.cfg."""
+    import configparser
+    import re
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    return {extra: [re.match(r"[A-Za-z0-9._-]+", line)[0].lower()
+                    for line in value.splitlines() if line.strip() and not line.startswith("#")]
+            for extra, value in config["options.extras_require"].items()}
+
+
+def test_notebooks_extra_installs_a_jupyter_front_end():
+    """``pip install -e ".[notebooks]"`` then ``jupyter lab notebooks/`` (README) opens them; the
+    dev extra (CI) needs only the kernel and nbclient that run them."""
+    found = extras()
+    assert "jupyterlab" in found["notebooks"], found["notebooks"]
+    assert {"nbclient", "ipykernel"} <= set(found["notebooks"]) & set(found["dev"])
+    assert "jupyterlab" not in found["dev"], "CI installs dev; it runs the notebooks headless"
+
+
+def test_docs_extra_renders_the_notebooks():
+    """mkdocs.yml's mkdocs-jupyter plugin is installed wherever the site is built (docs; dev, for
+    tests/test_docs_site.py)."""
+    found = extras()
+    assert "mkdocs-jupyter" in found["docs"] and "mkdocs-jupyter" in found["dev"]
+    assert "mkdocs-jupyter" in (ROOT / "mkdocs.yml").read_text()
