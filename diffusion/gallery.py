@@ -342,7 +342,7 @@ class Gallery:
                                 title=[family, what, f"{drawn.nfe} NFE, {drawn.seconds_per_image:.3f} s/image"],
                                 row_labels=names if first else ()).render())
             first = False
-            settings[family] = {"model": path, "nfe": drawn.nfe, "call": call,
+            settings[family] = {"model": _shown_path(path), "nfe": drawn.nfe, "call": call,
                                 "seconds_per_image": round(drawn.seconds_per_image, 4),
                                 "images": len(labels)}
             flagged[family] = self.speckle.flagged(drawn.images, self.per_class)
@@ -362,7 +362,7 @@ class Gallery:
                                        f"{self.num_inference_steps} steps, guidance {self.guidance_scale:g}",
                                        f"{drawn.nfe} NFE, {drawn.seconds_per_image:.3f} s/image"],
                                 row_captions=[f'"{p}"' for p in prompts]).render())
-            settings["text to image"] = {"model": self.text_model, "nfe": drawn.nfe, "call": call,
+            settings["text to image"] = {"model": _shown_path(self.text_model), "nfe": drawn.nfe, "call": call,
                                          "prompts": prompts, "images": len(per),
                                          "seconds_per_image": round(drawn.seconds_per_image, 4)}
             flagged["text to image"] = self.speckle.flagged(drawn.images, self.per_class)
@@ -402,7 +402,7 @@ class Gallery:
                         title=[f"Samplers at 5 / 10 / 20 / 50 NFE (guidance {self.guidance_scale:g}; "
                                f"the same seeds {self.seed}..{self.seed + len(classes) - 1} and classes in every strip)"]
                         ).render()
-        return self.record("samplers", picture, {"model": self.model, "classes": classes,
+        return self.record("samplers", picture, {"model": _shown_path(self.model), "classes": classes,
                                                  "samplers": settings}, flagged)
 
     def guidance(self) -> Optional[dict]:
@@ -423,7 +423,7 @@ class Gallery:
                         column_groups=[(n.split("/")[0], 2) for n in names],
                         title=[f"Guidance scale ({self.sampler}, {self.num_inference_steps} steps; "
                                f"two seeds per class, the same in every row)"]).render()
-        return self.record("guidance", picture, {"model": self.model, "sampler": self.sampler,
+        return self.record("guidance", picture, {"model": _shown_path(self.model), "sampler": self.sampler,
                                                  "num_inference_steps": self.num_inference_steps,
                                                  "scales": settings}, flagged)
 
@@ -444,7 +444,7 @@ class Gallery:
                         title=[f"VQ-VAE + AR prior: decoding strategies, class "
                                f"{self.class_names(pipe)[label]} (guidance {guidance:g}; the same seeds in every row)"]
                         ).render()
-        return self.record("ar-decoding", picture, {"model": self.ar, "class_label": label,
+        return self.record("ar-decoding", picture, {"model": _shown_path(self.ar), "class_label": label,
                                                     "strategies": settings}, flagged)
 
     def text_prompts(self, per_prompt: int = 6, shown: int = 4, batch_prompts: int = 10
@@ -478,23 +478,24 @@ class Gallery:
         scanned = scan([(p, c) for c, prompts in enumerate(FASHION_MNIST_HELD_OUT_PROMPTS)
                         for p in prompts])
         ranked = sorted(scanned, key=lambda t: (-t[0], t[1]))
-        best, worst = ranked[:shown], ranked[-shown:][::-1]
+        best = _distinct_classes(ranked, shown)
+        worst = _distinct_classes(ranked[::-1], shown)
         trained = scan([(training_prompts(c)[1], c) for c in (0, 5, 8, 9)])
         names = list(classifier.config.class_names or []) or [str(c) for c in range(10)]
         rows = [("training caption", t) for t in trained] + [("held-out, works", t) for t in best] + \
                [("held-out, fails", t) for t in worst]
-        captions = [f'{kind}: "{p}" - {round(acc * per_prompt)}/{per_prompt} classified as {names[c]}'
-                    for kind, (acc, p, c, _) in rows]
+        captions = [f'{kind}: "{p}" (meant: {names[c]}; classifier agrees on '
+                    f'{round(acc * per_prompt)}/{per_prompt})' for kind, (acc, p, c, _) in rows]
         images = torch.cat([t[3] for _, t in rows])
         picture = Panel(images, per_prompt, scale=2, row_captions=captions,
                         title=["Text to image: training captions and held-out paraphrases",
-                               f"{len(scanned)} held-out paraphrases drawn {per_prompt} times each; the "
-                               f"{shown} the classifier agrees with most and least are shown"]).render()
+                               f"{len(scanned)} held-out paraphrases drawn {per_prompt} times each; shown: "
+                               f"those the classifier agrees with most and least (one per class)"]).render()
         works = sum(acc >= WORKS_AT for acc, *_ in scanned)
         self.log(f"held-out paraphrases: {works} of {len(scanned)} work (>= {WORKS_AT:.0%} of "
                  f"{per_prompt} images classified as the intended class)")
         return self.record("text-prompts", picture, {
-            "model": self.text_model, "call": call, "per_prompt": per_prompt,
+            "model": _shown_path(self.text_model), "call": call, "per_prompt": per_prompt,
             "held_out_scanned": len(scanned), "held_out_working": works, "works_at": WORKS_AT,
             "rows": [{"kind": kind, "prompt": p, "class": names[c], "agreement": acc}
                      for kind, (acc, p, c, _) in rows],
@@ -521,7 +522,31 @@ class Gallery:
             canvas.paste(img, (0, 20))
             pictures.append(canvas)
         return self.record("training-steps", side_by_side(pictures), {
-            "training_run": str(self.training_run), "grids": [g.name for g in grids]}, {})
+            "training_run": _shown_path(self.training_run), "grids": [g.name for g in grids]}, {})
+
+
+def _distinct_classes(ranked: Sequence[tuple], k: int) -> list:
+    """The first ``k`` entries ``(agreement, prompt, class, images)`` of ``ranked`` whose classes
+    differ (fewer if there are fewer classes)."""
+    out, seen = [], set()
+    for entry in ranked:
+        if entry[2] not in seen:
+            out.append(entry)
+            seen.add(entry[2])
+        if len(out) == k:
+            break
+    return out
+
+
+def _shown_path(path: Optional[str]) -> Optional[str]:
+    """``path`` relative to the working directory when inside it (so gallery.json does not name
+    the machine's folders)."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def make_gallery(out: Union[str, Path] = "docs/images", only: Optional[Sequence[str]] = None,
