@@ -5,8 +5,8 @@ picture with fixed seeds (image ``i`` of a call: seed ``seed + i``), writes it a
 records how it was made in ``gallery.json`` beside them, so the pictures stay true when a model
 or a default changes. The pictures (:data:`PICTURES`):
 
-- ``families.png``: one grid per family side by side (diffusion, GAN, VQ-VAE + AR prior, text to
-  image with its prompts under the rows), each titled with its NFE and seconds per image measured
+- ``families.png``: one grid per family, two side by side in each of two rows (diffusion and
+  GAN; VQ-VAE + AR prior and text to image with its prompts under the rows), each titled with its NFE and seconds per image measured
   on the machine that drew it (one batched call after a warm-up call, wall clock).
 - ``samplers.png``: a strip per sampler at NFE 5 / 10 / 20 / 50, the same seeds and classes in
   every strip (steps from :func:`samplers.steps_for_nfe`).
@@ -72,6 +72,7 @@ AR_STRATEGIES = (
 #: a held-out prompt "works" when at least this fraction of its images is classified as its class
 WORKS_AT = 0.75
 
+FAMILY_FONT = 16  # families.png is shown scaled down in the README: larger words
 PAD = 2          # pixels between cells (white)
 MARGIN = 8       # pixels around a panel's text
 
@@ -180,6 +181,19 @@ def side_by_side(pictures: Sequence[Image.Image], gap: int = 16) -> Image.Image:
     for p in pictures:
         canvas.paste(p, (x, 0))
         x += p.width + gap
+    return canvas
+
+
+def tiled(pictures: Sequence[Image.Image], columns: int, gap: int = 16) -> Image.Image:
+    """Pictures in rows of ``columns`` (:func:`side_by_side` each), the rows stacked with ``gap``
+    white pixels between them, left-aligned."""
+    rows = [side_by_side(pictures[i:i + columns], gap) for i in range(0, len(pictures), columns)]
+    canvas = Image.new("RGB", (max(r.width for r in rows),
+                               sum(r.height for r in rows) + gap * (len(rows) - 1)), "white")
+    y = 0
+    for r in rows:
+        canvas.paste(r, (0, y))
+        y += r.height + gap
     return canvas
 
 
@@ -325,7 +339,6 @@ class Gallery:
     # -- the pictures --
     def families(self) -> Optional[dict]:
         panels, settings, flagged = [], {}, {}
-        first = True
         for family, path in (("diffusion", self.model), ("GAN", self.gan),
                              ("VQ-VAE + AR prior", self.ar)):
             if path is None:
@@ -340,8 +353,8 @@ class Gallery:
                     "one generator forward" if family == "GAN" else "saved decoding setting")
             panels.append(Panel(drawn.images, self.per_class, scale=2,
                                 title=[family, what, f"{drawn.nfe} NFE, {drawn.seconds_per_image:.3f} s/image"],
-                                row_labels=names if first else ()).render())
-            first = False
+                                row_labels=names if len(panels) % 2 == 0 else ()
+                                ).render(FAMILY_FONT))
             settings[family] = {"model": _shown_path(path), "nfe": drawn.nfe, "call": call,
                                 "seconds_per_image": round(drawn.seconds_per_image, 4),
                                 "images": len(labels)}
@@ -361,14 +374,14 @@ class Gallery:
                                 title=["text to image", f"{sampler_name(pipe)}, "
                                        f"{self.num_inference_steps} steps, guidance {self.guidance_scale:g}",
                                        f"{drawn.nfe} NFE, {drawn.seconds_per_image:.3f} s/image"],
-                                row_captions=[f'"{p}"' for p in prompts]).render())
+                                row_captions=[f'"{p}"' for p in prompts]).render(FAMILY_FONT))
             settings["text to image"] = {"model": _shown_path(self.text_model), "nfe": drawn.nfe, "call": call,
                                          "prompts": prompts, "images": len(per),
                                          "seconds_per_image": round(drawn.seconds_per_image, 4)}
             flagged["text to image"] = self.speckle.flagged(drawn.images, self.per_class)
         if not panels:
             return None
-        return self.record("families", side_by_side(panels), {"families": settings}, flagged)
+        return self.record("families", tiled(panels, 2, gap=24), {"families": settings}, flagged)
 
     def samplers(self) -> Optional[dict]:
         from samplers import samplers_for, steps_for_nfe
