@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1012px;
 margin:24px auto;padding:0 16px;color:#1f2328;line-height:1.5}img{max-width:100%}
 table{border-collapse:collapse}td,th{border:1px solid #d0d7de;padding:4px 10px}
-pre,code{background:#f6f8fa;font-size:85%}pre{padding:12px;overflow:auto}h1,h2{border-bottom:1px
+pre,code{background:#f6f8fa;font-size:85%}pre code{font-size:100%}pre{padding:12px;overflow:auto}h1,h2{border-bottom:1px
 solid #d0d7de}"""
 
 

@@ -609,7 +609,12 @@ def make_gallery(out: Union[str, Path] = "docs/images", only: Optional[Sequence[
     methods = {"families": gallery.families, "samplers": gallery.samplers,
                "guidance": gallery.guidance, "ar-decoding": gallery.ar_decoding,
                "text-prompts": gallery.text_prompts, "training-steps": gallery.training_steps}
-    drawn = [name for name in only if methods[name]() is not None]
+    drawn = []
+    for name in only:
+        gallery.log(f"drawing {name}: {PICTURES[name]}"
+                    + (" (120 prompts x 6 images: the longest)" if name == "text-prompts" else ""))
+        if methods[name]() is not None:
+            drawn.append(name)
     gallery.manifest.update(
         seed=gallery.seed, hardware=hardware_description(gallery.device),
         torch_threads=torch.get_num_threads(), drawn_last=drawn,
