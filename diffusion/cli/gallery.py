@@ -27,23 +27,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--out", default="docs/images", help="folder of the PNGs and gallery.json")
     g.add_argument("--only", default=None,
                    help=f"comma list of pictures (default: all): {', '.join(PICTURES)}")
-    g.add_argument("--model", default=None,
-                   help="class-conditional diffusion folder (default: the shipped one)")
+    options.add_model(g, help="class-conditional diffusion folder (default: the shipped one)")
     g.add_argument("--gan", default=None, help="GAN folder (default: the shipped one)")
     g.add_argument("--ar", default=None, help="VQ-VAE + prior folder (default: the shipped one)")
     g.add_argument("--text-model", default=None, help="text-to-image folder (default: the shipped one)")
-    g.add_argument("--classifier", default=None, help="classifier folder that judges the "
-                                                      "text prompts (default: the shipped one)")
+    options.add_classifier(g, help="classifier folder that judges the text prompts (default: "
+                                   "the shipped one)")
     g.add_argument("--training-run", default=None,
                    help="a training run folder: its samples/step-*.png make training_steps.png "
                         "(that picture is left out without it)")
-    g.add_argument("--per-class", type=int, default=6, help="images per row of families.png")
+    options.add_per_class(g, help="images per row of families.png (default 6)", default=6)
     options.add_sampler(g, help="sampler of the diffusion pictures (default euler-a)")
     options.add_steps(g)
     options.add_seed(g, help="image i of each call uses seed+i (default 0)")
     options.add_device(g)
-    g.add_argument("--dataset-root", default=None,
-                   help="Fashion-MNIST folder for the speckle check's threshold")
+    options.add_dataset_root(g, help="Fashion-MNIST folder for the speckle check's threshold")
     return g
 
 

@@ -81,6 +81,18 @@ def sampler_steps(text: str) -> tuple:
 
 
 # --- the model and where it runs ----------------------------------------------------------------
+def add_dataset_root(p: argparse.ArgumentParser, help: str = "folder of the dataset files") -> None:
+    p.add_argument("--dataset-root", default=None, help=help)
+
+
+def add_classifier(p: argparse.ArgumentParser,
+                   help: str = "a classifier folder trained with `python -m training` (objective "
+                               "classifier) whose features and predictions score the images, "
+                               "instead of the shipped Fashion-MNIST one; required with --dataset "
+                               "image-folder") -> None:
+    p.add_argument("--classifier", default=None, metavar="DIR", help=help)
+
+
 def add_model(p: argparse.ArgumentParser, help: str = "pipeline folder (save_pretrained); "
                                                       "default: the shipped Fashion-MNIST model"
               ) -> None:
@@ -401,11 +413,8 @@ def add_eval(p: argparse.ArgumentParser, model: bool = True) -> None:
     p.add_argument("--dataset", default="fashion-mnist",
                    help="reference dataset: fashion-mnist (default) or image-folder (your class "
                         "sub-folders under --dataset-root, scored with --classifier)")
-    p.add_argument("--dataset-root", default=None, help="folder of the dataset files")
-    p.add_argument("--classifier", default=None, metavar="DIR",
-                   help="a classifier folder trained with `python -m training` (objective "
-                        "classifier) whose features and predictions score the images, instead of "
-                        "the shipped Fashion-MNIST one; required with --dataset image-folder")
+    add_dataset_root(p)
+    add_classifier(p)
     p.add_argument("--reference-split", default="test", help="reference split (default test)")
     p.add_argument("--reference-num-samples", type=int, default=None,
                    help="real images for the reference statistics (default: the whole split)")
