@@ -98,7 +98,7 @@ def train(recipe: str, steps: int, snapshot_every: int) -> dict:
         return r
     config, overrides = RECIPES[recipe]
     argv = [sys.executable, "-m", "training", "--config", config, *overrides,
-            f"train.max_steps={steps}", f"train.output_dir={run_dir(recipe)}",
+            f"train.max_steps={steps}", f"train.output_dir={_rel(run_dir(recipe))}",
             "train.posthoc_ema=true", f"train.posthoc_ema_snapshot_every={snapshot_every}",
             *OVERRIDES]
     command = "python " + " ".join(argv[1:])
@@ -208,7 +208,8 @@ def report() -> None:
         t = done(recipe, "train")
         s = t["summary"]
         hours = s.get("train_seconds", s.get("wall_seconds", 0)) / 3600 if isinstance(s, dict) else 0
-        lines.append(f"| {recipe} | `{t['command']}` | {t['steps']} | {hours:.2f} | "
+        note = f" ({t['wall_time_note']})" if t.get("wall_time_note") else ""
+        lines.append(f"| {recipe} | `{t['command']}` | {t['steps']} | {hours:.2f}{note} | "
                      f"{s.get('hardware', '')} |")
     lines += ["", "## Quality vs NFE (each recipe with its best sampler at 20 NFE)", "",
               "| recipe | sampler | NFE | n | FID | KID x 1e3 | precision | recall | accuracy | speckle rate |",
