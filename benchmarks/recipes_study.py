@@ -95,7 +95,11 @@ def save(recipe: str, stage: str, result: dict) -> dict:
 
 def train(recipe: str, steps: int, snapshot_every: int) -> dict:
     if (r := done(recipe, "train")) is not None:
-        return r
+        if (run_dir(recipe) / "final" / "model_index.json").is_file():
+            return r
+        # the JSON is committed, the weights are not: on another machine, train again
+        print(f"[{recipe}] {_rel(run_dir(recipe))}/final is missing (trained on another machine): "
+              f"training again", flush=True)
     config, overrides = RECIPES[recipe]
     argv = [sys.executable, "-m", "training", "--config", config, *overrides,
             f"train.max_steps={steps}", f"train.output_dir={_rel(run_dir(recipe))}",
