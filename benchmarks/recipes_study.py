@@ -8,6 +8,10 @@ resumes from its newest checkpoint under ``runs/recipes/<recipe>``):
 
 1. ``train``: ``python -m training --config <recipe config> train.max_steps=S ...`` (post-hoc EMA
    snapshots on, so stage 5 can reconstruct any EMA length); wall time from its summary.
+   ``ddpm-eps`` is today's shipped model's recipe, and the shipped model
+   (``diffusion/weights/fashion-mnist-diffusion``) was trained by that exact command: the study
+   evaluates it instead of training again (``--retrain-shipped`` trains it; only then has it
+   post-hoc EMA rows).
 2. ``sampler-<name>``: every candidate sampler that applies to the model at 20 NFE, n =
    ``--n-select``; the best FID is the recipe's sampler.
 3. ``nfe-<k>``: the best sampler at 5, 10, 20 and 50 NFE; n = ``--n-main`` at 20 NFE,
@@ -61,6 +65,10 @@ RECIPES = {
     "flow-logit-normal": ("training/configs/fashion_mnist_flow.yaml", []),
     "edm": ("training/configs/fashion_mnist_edm.yaml", []),
 }
+#: recipes whose committed shipped model was trained by exactly the recipe's command (same config,
+#: steps, seed): the study evaluates it instead of training again, unless --retrain-shipped. It
+#: has no post-hoc EMA snapshots (trained before they existed), so its phema rows are absent.
+SHIPPED = {"ddpm-eps": REPO / "diffusion" / "weights" / "fashion-mnist-diffusion"}
 #: candidate samplers per recipe (those that apply to the model are tried; see samplers_for)
 CANDIDATES = ["dpmpp-2m", "euler-a", "unipc", "ddim", "euler", "heun",
               "flow-euler", "flow-heun", "flow-dpmpp-2m", "flow-unipc",
@@ -91,6 +99,26 @@ def save(recipe: str, stage: str, result: dict) -> dict:
     tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
     tmp.replace(path)
     return result
+
+
+def model_dir(recipe: str, reuse_shipped: bool) -> Path:
+    """The trained pipeline a recipe's stages evaluate."""
+    if reuse_shipped and recipe in SHIPPED:
+        return SHIPPED[recipe]
+    return run_dir(recipe) / "final"
+
+
+def reuse(recipe: str, steps: int) -> dict:
+    """The train record of a recipe evaluated from its shipped model (:data:`SHIPPED`)."""
+    if (r := done(recipe, "train")) is not None:
+        return r
+    summary = json.loads((SHIPPED[recipe] / "training_summary.json").read_text())
+    if summary.get("steps") != steps:
+        raise SystemExit(f"error: the shipped {_rel(SHIPPED[recipe])} trained {summary.get('steps')} "
+                         f"steps, the study trains {steps}: pass --retrain-shipped")
+    return save(recipe, "train", {"command": summary.get("command"), "steps": steps,
+                                  "reused_shipped_model": _rel(SHIPPED[recipe]),
+                                  "summary": summary})
 
 
 def train(recipe: str, steps: int, snapshot_every: int) -> dict:
@@ -167,8 +195,12 @@ def posthoc_stage(recipe: str, sigma_rel: float, sampler: str, n: int, guidance:
 
 
 def study(recipe: str, args) -> None:
-    train(recipe, args.steps, max(1, args.steps // 20))
-    final = run_dir(recipe) / "final"
+    reused = not args.retrain_shipped and recipe in SHIPPED
+    if reused:
+        reuse(recipe, args.steps)
+    else:
+        train(recipe, args.steps, max(1, args.steps // 20))
+    final = model_dir(recipe, not args.retrain_shipped)
     selection = [evaluate_stage(recipe, f"sampler-{s}", final, s, 20, args.n_select, args.guidance)
                  for s in candidates(final)]
     best = min(selection, key=lambda r: r["fid"])["sampler"]
@@ -177,7 +209,7 @@ def study(recipe: str, args) -> None:
                        args.n_main if nfe == 20 else args.n_other, args.guidance)
     for s in GUIDANCE_SCALES:
         evaluate_stage(recipe, f"guidance-{s:g}", final, best, 20, args.n_select, s)
-    if not args.skip_phema:
+    if not args.skip_phema and not reused:
         for sigma_rel in SIGMA_RELS:
             posthoc_stage(recipe, sigma_rel, best, args.n_select, args.guidance)
 
@@ -213,6 +245,8 @@ def report() -> None:
         s = t["summary"]
         hours = s.get("train_seconds", s.get("wall_seconds", 0)) / 3600 if isinstance(s, dict) else 0
         note = f" ({t['wall_time_note']})" if t.get("wall_time_note") else ""
+        if t.get("reused_shipped_model"):
+            note += f" (the shipped `{t['reused_shipped_model']}`, trained by this command; no post-hoc EMA snapshots)"
         lines.append(f"| {recipe} | `{t['command']}` | {t['steps']} | {hours:.2f}{note} | "
                      f"{s.get('hardware', '')} |")
     lines += ["", "## Quality vs NFE (each recipe with its best sampler at 20 NFE)", "",
@@ -290,6 +324,9 @@ def main(argv=None) -> None:
     p.add_argument("--n-select", type=int, default=1000, help="images per sampler/guidance/EMA point")
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--skip-phema", action="store_true")
+    p.add_argument("--retrain-shipped", action="store_true",
+                   help=f"train {sorted(SHIPPED)} again instead of evaluating the shipped model "
+                        "trained by the same command")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="appended to every recipe's training command (e.g. a tiny model for a "
