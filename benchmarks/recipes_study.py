@@ -46,6 +46,7 @@ OUT = REPO / "docs" / "results" / "recipes"
 RUNS = OUT / "runs"
 PAGE = REPO / "docs" / "results" / "recipes.md"
 CACHE = "runs/eval-cache"
+REFERENCE_N = None     # --reference-n: real test images as the reference (None: all 10,000)
 WORK = REPO / "runs" / "recipes"
 OVERRIDES: list = []   # --override: appended to every recipe's training command (smoke tests)
 
@@ -156,11 +157,13 @@ def evaluate_stage(recipe: str, stage: str, pipe_dir: Path, sampler: str, nfe: i
     steps = steps_for_nfe(sampler, pipe.scheduler, nfe)
     command = (f"python -m diffusion evaluate --model {_rel(pipe_dir)} --sampler "
                f"{sampler} --steps {steps} --guidance-scale {guidance_scale} --num-samples {n} "
-               f"--metrics {metrics} --bf16 --cache-dir {CACHE}")
+               f"--metrics {metrics} --bf16 --cache-dir {CACHE}"
+               + (f" --reference-num-samples {REFERENCE_N}" if REFERENCE_N else ""))
     print(f"[{recipe}] {stage}: {command}", flush=True)
     result = evaluate(pipe, metrics=metrics.split(","), num_samples=n, sampler=sampler,
                       num_inference_steps=steps, guidance_scale=guidance_scale, seed=0,
-                      autocast_dtype=torch.bfloat16, cache_dir=REPO / CACHE, progress=False)
+                      autocast_dtype=torch.bfloat16, cache_dir=REPO / CACHE, progress=False,
+                      reference_num_samples=REFERENCE_N)
     result.update(recipe=recipe, stage=stage, command=command, sampler=sampler, target_nfe=nfe,
                   steps=steps, guidance_scale=guidance_scale)
     return save(recipe, stage, result)
@@ -316,6 +319,7 @@ def plot(csv_rows: list) -> None:
 
 
 def main(argv=None) -> None:
+    global CACHE, REFERENCE_N
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {list(RECIPES)}")
     p.add_argument("--steps", type=int, default=2800, help="training steps of every recipe")
@@ -328,6 +332,10 @@ def main(argv=None) -> None:
                    help=f"train {sorted(SHIPPED)} again instead of evaluating the shipped model "
                         "trained by the same command")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--reference-n", type=int, default=None,
+                   help="real test images as the reference (default: all 10,000)")
+    p.add_argument("--cache-dir", default=CACHE, help="evaluation cache (reference features, "
+                                                      "sample shards), relative to the repository")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="appended to every recipe's training command (e.g. a tiny model for a "
                         "smoke test)")
@@ -336,6 +344,7 @@ def main(argv=None) -> None:
     p.add_argument("--work", default=str(WORK), help="folder of the training runs")
     args = p.parse_args(argv)
     OVERRIDES[:] = args.override
+    CACHE, REFERENCE_N = args.cache_dir, args.reference_n
     set_paths(Path(args.results), Path(args.work))
     recipes = args.recipes.split(",")
     unknown = [r for r in recipes if r not in RECIPES]
