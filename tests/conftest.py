@@ -222,3 +222,34 @@ class PixelFeatures(FeatureNetwork):
 
     def _features(self, x):
         return x.flatten(1)
+
+
+@contextmanager
+def benchmark_module(name: str):
+    """Import ``benchmarks/<name>.py`` as module ``name`` (registered in ``sys.modules`` while in
+    use: dataclasses look their module up there)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, f"{REPO_ROOT}/benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def markdown_tables(page: str) -> dict:
+    """A Markdown page's ``## title`` -> the rows of the table under it, as dicts (column ->
+    cell text)."""
+    import re
+
+    out = {}
+    for section in re.split(r"^## ", page, flags=re.M)[1:]:
+        title, *lines = section.splitlines()
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+                if line.startswith("|") and not line.startswith("|---")]
+        if rows:
+            out[title] = [dict(zip(rows[0], r)) for r in rows[1:]]
+    return out

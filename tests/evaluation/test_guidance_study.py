@@ -6,15 +6,12 @@ the JSONs'."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
-import sys
 
 import pytest
 from diffusers import DDPMScheduler
 
-from conftest import REPO_ROOT, make_pipe, seeded_unet
+from conftest import REPO_ROOT, benchmark_module, make_pipe, markdown_tables, seeded_unet
 
 TINY = dict(sample_size=28, num_classes=10)          # Fashion-MNIST's shape and class table
 SCALES = {"cfg": (1.5, 3.0), "cfg-rescale": (4.0,), "interval": (3.0,), "apg": (4.0,),
@@ -25,25 +22,9 @@ N, N_BEST = 4, 5
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "guidance_study", f"{REPO_ROOT}/benchmarks/guidance_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module    # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name)
+    with benchmark_module("guidance_study") as module:
+        yield module
 
-
-def tables(page: str) -> dict:
-    """``## method`` section -> its table rows as dicts (column -> cell)."""
-    out = {}
-    for section in re.split(r"^## ", page, flags=re.M)[1:]:
-        title, *lines = section.splitlines()
-        rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines
-                if line.startswith("|") and not line.startswith("|---")]
-        if rows:
-            out[title] = [dict(zip(rows[0], r)) for r in rows[1:]]
-    return out
 
 
 def test_study_end_to_end(bench, tmp_path, monkeypatch, capsys):
@@ -105,7 +86,7 @@ def test_study_end_to_end(bench, tmp_path, monkeypatch, capsys):
     page = (tmp_path / "guidance.md").read_text()
     assert (results / "fid_vs_scale.png").stat().st_size > 0
     assert "fid_vs_scale.png" in page and "## Recommendation" in page and "Target (FID" in page
-    sections = tables(page)
+    sections = markdown_tables(page)
     for r in saved.values():   # every JSON is one row of its method's table, numbers equal
         row = [c for c in sections[r["method"]] if c["n"] == f"{r['n']:,}" and float(c["scale"]) == r["scale"]]
         assert len(row) == 1, r["method"]

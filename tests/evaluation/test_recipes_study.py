@@ -6,15 +6,12 @@ EMA stages, resume without re-evaluating or retraining, and a page whose numbers
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
-import sys
 
 import pytest
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-from conftest import REPO_ROOT, make_pipe, seeded_unet
+from conftest import REPO_ROOT, benchmark_module, make_pipe, markdown_tables, seeded_unet
 
 TINY = dict(sample_size=28, num_classes=10)          # Fashion-MNIST's shape and class table
 STEPS, N_SELECT, N_MAIN, N_OTHER = 3, 4, 6, 5
@@ -22,25 +19,9 @@ STEPS, N_SELECT, N_MAIN, N_OTHER = 3, 4, 6, 5
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "recipes_study", f"{REPO_ROOT}/benchmarks/recipes_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name)
+    with benchmark_module("recipes_study") as module:
+        yield module
 
-
-def tables(page: str) -> dict:
-    """``## title`` -> its table rows as dicts (column -> cell)."""
-    out = {}
-    for section in re.split(r"^## ", page, flags=re.M)[1:]:
-        title, *lines = section.splitlines()
-        rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines
-                if line.startswith("|") and not line.startswith("|---")]
-        if rows:
-            out[title] = [dict(zip(rows[0], r)) for r in rows[1:]]
-    return out
 
 
 def save_tiny(folder, seed, scheduler, summary=None):
@@ -111,7 +92,7 @@ def test_study_end_to_end(bench, tmp_path, monkeypatch):
         assert all(saved[f"{recipe}__sampler-{s}"]["n"] == N_SELECT for s in samplers)
 
     page = (tmp_path / "recipes.md").read_text()
-    sections = tables(page)
+    sections = markdown_tables(page)
     training = {row["recipe"]: row for row in sections["Training"]}
     assert float(training["flow-logit-normal"]["wall time (h)"]) == 1.0
     assert training["ddpm-eps"]["wall time (h)"].startswith("2.00 (the shipped")
