@@ -22,7 +22,8 @@ resumes from its newest checkpoint under ``runs/recipes/<recipe>``):
 5. ``phema-<sigma_rel>``: post-hoc EMA reconstructions (Karras et al. 2024) at 20 NFE, n =
    ``--n-select``.
 
-Then ``docs/results/recipes.md`` (tables), ``recipes.csv`` and plots (FID and speckle rate vs NFE).
+Then ``docs/results/recipes.md`` (tables), ``recipes.csv`` and plots (FID and speckle rate vs NFE);
+``docs/results/recipes/notes.md``, hand-written observations on the figures, ends the page.
 
     python benchmarks/recipes_study.py                        # run or resume everything
     python benchmarks/recipes_study.py --steps 1400 --recipes ddpm-eps,flow-logit-normal
@@ -294,6 +295,9 @@ def report() -> None:
         plot(csv_rows)
         lines += ["", f"![FID vs NFE]({OUT.name}/fid_vs_nfe.png)", "",
                   f"![speckle rate vs NFE]({OUT.name}/speckle_vs_nfe.png)"]
+    notes = OUT / "notes.md"     # hand-written observations on the figures, kept beside the JSONs
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
     PAGE.write_text("\n".join(lines) + "\n")
     print(f"wrote {PAGE}")
 
