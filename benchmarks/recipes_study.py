@@ -77,7 +77,7 @@ CANDIDATES = ["dpmpp-2m", "euler-a", "unipc", "ddim", "euler", "heun",
               "edm-euler", "edm-heun", "edm-dpmpp-2m"]
 NFES = (5, 10, 20, 50)
 METRICS = "fid,kid,precision,recall,accuracy,speckle"
-GUIDANCE_SCALES = (1.5, 2.0, 3.0)
+GUIDANCE_SCALES = (1.5, 1.75, 2.0, 3.0)
 SIGMA_RELS = (0.03, 0.05, 0.07, 0.10, 0.15, 0.20)
 
 
