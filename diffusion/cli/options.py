@@ -168,8 +168,9 @@ def check_sampler_name(name) -> None:
     """``--sampler`` unset or a registered name, else a CLI error listing the names."""
     from samplers import list_samplers
 
-    if name is not None and name not in list_samplers():
-        raise SystemExit(f"error: unknown sampler {name!r}; choose one of {list_samplers()}")
+    if name is not None and name not in list_samplers(distilled=None):
+        raise SystemExit(f"error: unknown sampler {name!r}; choose one of "
+                         f"{list_samplers(distilled=None)}")
 
 
 def add_samplers(p: argparse.ArgumentParser, default, help: str) -> None:
