@@ -263,6 +263,10 @@ def list_samplers(parameterisation: Optional[str] = None,
                   and distilled in (None, spec.distilled))
 
 
+#: Default steps of a consistency sampler (command line, compare): distillation trains for 1-4.
+DISTILLED_DEFAULT_STEPS = 4
+
+
 def is_distilled_sampler(scheduler_or_name: Any) -> bool:
     """Whether a sampler name, a scheduler, or a pipeline's scheduler is a consistency sampler
     (``SamplerSpec.distilled``): one for a student whose guidance was distilled in, so it is
