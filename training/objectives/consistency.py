@@ -199,7 +199,9 @@ def consistency_distance(pred: torch.Tensor, target: torch.Tensor, loss: str,
         return diff.pow(2).mean(1)
     if loss == "pseudo-huber":
         c = huber_c if huber_c is not None else 0.00054 * diff.shape[1] ** 0.5
-        return (diff.pow(2).sum(1) + c * c).sqrt() - c
+        squared = diff.pow(2).sum(1)
+        # = sqrt(squared + c^2) - c, written so that it is exactly 0 at squared = 0 in float32
+        return squared / ((squared + c * c).sqrt() + c)
     raise ValueError(f"distill.loss must be 'pseudo-huber' or 'l2', got {loss!r}")
 
 
