@@ -258,3 +258,39 @@ def test_tiny_distillation_lowers_the_loss_and_exports_a_few_step_student(tmp_pa
         again = pipe(class_labels=[7], num_inference_steps=steps, guidance_scale=1.0,
                      generator=generators(1, offset=1), output_type="pt")
         torch.testing.assert_close(again.images[0], out.images[1], rtol=0, atol=1e-4)  # conv: batch 1 vs 2
+
+
+@pytest.mark.slow
+def test_resume_in_a_new_process_equals_a_straight_run(tmp_path):
+    """4 steps straight (bf16, k=2 accumulation) vs. the step-2 checkpoint resumed by a new
+    ``python -m training`` process: the same final student (EMA export) and optimizer step. The
+    frozen teacher is not in the checkpoint; it is reloaded from distill.teacher."""
+    from safetensors.torch import load_file
+
+    from training_helpers import run_python
+
+    teacher = tiny_teacher(tmp_path / "teacher")
+    root = make_fashion_root(tmp_path / "data", n_train=64, n_test=16)
+    common = ["train.objective=consistency", *TINY_DISTILL, f"distill.teacher={teacher}",
+              f"data.root={root}", "data.subset=64", "train.max_steps=4",
+              "train.gradient_accumulation_steps=2", "train.checkpoint_every=2",
+              "train.lr_warmup_steps=1", "train.learning_rate=1e-3", "train.use_ema=true",
+              "train.mixed_precision=bf16", "distill.num_ddim_timesteps=10"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_python(["-m", "training", *common, f"train.output_dir={straight}"])
+    half = straight / "checkpoints" / "checkpoint-0000002"
+    (resumed / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(half, resumed / "checkpoints" / half.name)
+    proc = run_python(["-m", "training", *common, f"train.output_dir={resumed}"])
+    assert "resumed from" in proc.stderr and "at step 2" in proc.stderr
+    ua = load_file(straight / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    ub = load_file(resumed / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert ua.keys() == ub.keys()
+    for k in ua:
+        torch.testing.assert_close(ua[k], ub[k], rtol=0, atol=1e-6)
+    raw_a = load_file(straight / "checkpoints" / "checkpoint-0000004" / "model.safetensors")
+    raw_b = load_file(resumed / "checkpoints" / "checkpoint-0000004" / "model.safetensors")
+    for k in raw_a:
+        torch.testing.assert_close(raw_a[k], raw_b[k], rtol=0, atol=1e-6)
