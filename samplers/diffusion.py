@@ -268,7 +268,8 @@ DISTILLED_DEFAULT_STEPS = 4
 
 
 def is_distilled_sampler(scheduler_or_name: Any) -> bool:
-    """Whether a sampler name, a scheduler, or a pipeline's scheduler is a consistency sampler
+    """Whether a sampler name, a scheduler (or its saved config), or a pipeline's scheduler is a
+    consistency sampler
     (``SamplerSpec.distilled``): one for a student whose guidance was distilled in, so it is
     sampled with ``guidance_scale = 1`` and few steps.
 
@@ -277,6 +278,9 @@ def is_distilled_sampler(scheduler_or_name: Any) -> bool:
         >>> is_distilled_sampler("lcm"), is_distilled_sampler(DDPMScheduler())
         (True, False)
     """
+    if isinstance(scheduler_or_name, Mapping):  # a saved scheduler config: by its class name
+        return any(spec.distilled and spec.scheduler_class.__name__ ==
+                   scheduler_or_name.get("_class_name") for spec in _REGISTRY.values())
     name = scheduler_or_name if isinstance(scheduler_or_name, str) else \
         sampler_name(scheduler_or_name)
     return name in _REGISTRY and _REGISTRY[name].distilled
@@ -479,8 +483,7 @@ def samplers_for(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) 
     """
     names = []
     # A distilled student (its scheduler a consistency sampler) also lists the consistency samplers.
-    distilled = None if (isinstance(config_or_scheduler, SchedulerMixin)
-                         and is_distilled_sampler(config_or_scheduler)) else False
+    distilled = None if is_distilled_sampler(config_or_scheduler) else False
     for name in list_samplers(parameterisation_of(config_or_scheduler), distilled=distilled):
         try:
             build_sampler(name, config_or_scheduler)
