@@ -94,6 +94,12 @@ class FlowLCMScheduler(FlowMatchLCMScheduler):
     Raises:
         ValueError (``set_timesteps``): ``num_inference_steps`` outside ``[1,
             original_inference_steps]``.
+
+    Example (the sigmas of 2 steps on a shifted grid; sigma 0 ends the last step)::
+
+        >>> s = FlowLCMScheduler(shift=3.0, original_inference_steps=50)
+        >>> s.set_timesteps(2); [round(float(x), 3) for x in s.sigmas]
+        [1.0, 0.75, 0.0]
     """
 
     @register_to_config

@@ -68,7 +68,16 @@ def check_distilled_guidance(sampler, guidance_scale: float) -> None:
     """Raise ``ValueError`` if ``sampler`` (a name or a scheduler) is a consistency sampler
     (:func:`samplers.is_distilled_sampler`) and ``guidance_scale != 1``: a distilled student
     (``train.objective=consistency``) had the teacher's guidance distilled into it, so it takes
-    one conditional forward per step; guiding it again would apply guidance twice."""
+    one conditional forward per step; guiding it again would apply guidance twice.
+
+    Example::
+
+        >>> check_distilled_guidance("lcm", 1.0); check_distilled_guidance("ddim", 3.0)
+        >>> check_distilled_guidance("lcm", 2.0)          # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: sampler 'lcm' samples a distilled consistency model, ...
+    """
     if guidance_scale != 1 and is_distilled_sampler(sampler):
         name = sampler if isinstance(sampler, str) else sampler_name(sampler)
         raise ValueError(f"sampler {name!r} samples a distilled consistency model, whose "

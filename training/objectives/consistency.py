@@ -193,6 +193,14 @@ def consistency_distance(pred: torch.Tensor, target: torch.Tensor, loss: str,
 
     Raises:
         ValueError: an unknown ``loss``.
+
+    Example::
+
+        >>> a = torch.zeros(2, 1, 28, 28)
+        >>> [round(d, 6) for d in consistency_distance(a, a + 0.1, "l2").tolist()]
+        [0.01, 0.01]
+        >>> consistency_distance(a, a, "pseudo-huber").tolist()
+        [0.0, 0.0]
     """
     diff = (pred.float() - target.float()).flatten(1)                       # (B, C H W)
     if loss == "l2":
@@ -210,7 +218,23 @@ class ConsistencyObjective(DiffusionObjective):
     is the student, a copy of the teacher's U-Net; the frozen teacher is ``self.teacher`` (not a
     module of the loop: never optimised, checkpointed or averaged). Export: a
     ``DiffusionImagePipeline`` of the student with the consistency sampler (``lcm`` or
-    ``flow-lcm``, grid ``num_ddim_timesteps``) as its scheduler and the teacher's class names."""
+    ``flow-lcm``, grid ``num_ddim_timesteps``) as its scheduler and the teacher's class names.
+
+    Raises:
+        ValueError: (``check_config``) see there; (construction) the data's class count differs
+            from the teacher's.
+
+    Example (the shipped DDPM teacher; one loss on random images)::
+
+        >>> from training.config import load_config
+        >>> objective = ConsistencyObjective(load_config(None, ["train.objective=consistency"]),
+        ...                                  num_classes=10)          # doctest: +SKIP
+        >>> objective.sampler_name, objective.ode.parameterisation      # doctest: +SKIP
+        ('lcm', 'ddpm')
+        >>> x0, labels = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 3])
+        >>> loss, logs = objective.loss("model", objective.modules, (x0, labels),
+        ...                             torch.Generator().manual_seed(0))   # doctest: +SKIP
+    """
 
     def __init__(self, cfg, num_classes, class_names=()):
         path = teacher_path(cfg)
