@@ -294,3 +294,27 @@ def test_resume_in_a_new_process_equals_a_straight_run(tmp_path):
     raw_b = load_file(resumed / "checkpoints" / "checkpoint-0000004" / "model.safetensors")
     for k in raw_a:
         torch.testing.assert_close(raw_a[k], raw_b[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_distillation_runs_and_exports(tmp_path):
+    """Two gloo processes (accelerate launch --multi_gpu on CPU): 2 steps with accumulation,
+    one summary of 2 processes, an lcm student that samples."""
+    from training_helpers import free_port, run_python
+
+    teacher = tiny_teacher(tmp_path / "teacher")
+    root = make_fashion_root(tmp_path / "data", n_train=64, n_test=16)
+    out = tmp_path / "ddp"
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "training"]
+    run_python([*launch, "train.objective=consistency", *TINY_DISTILL, f"distill.teacher={teacher}",
+                f"data.root={root}", "train.max_steps=2", "train.gradient_accumulation_steps=2",
+                "distill.num_ddim_timesteps=10", f"train.output_dir={out}"], timeout=400)
+    summary = json.loads((out / "final" / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 2
+    pipe = DiffusionImagePipeline.from_pretrained(out / "final")
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=[3], num_inference_steps=2, guidance_scale=1.0,
+                  generator=generators(1), output_type="pt").images
+    assert torch.isfinite(images).all()
