@@ -22,10 +22,12 @@ Which class samples which parameterisation:
 * flow matching: :class:`FlowLCMScheduler`, diffusers' ``FlowMatchLCMScheduler`` (``x0 = x - sigma
   v``, re-noise ``(1 - sigma') x0 + sigma' eps``) on the distillation grid. Here ``c_skip = 0`` and
   ``c_out = 1``: ``x0_hat(x, 0) = x - 0 v = x`` already meets the boundary condition exactly.
-* EDM: not yet (the objective refuses EDM teachers; see :mod:`training.objectives.consistency`).
-  diffusers' ``CMStochasticIterativeScheduler`` does not fit the EDM networks trained here: it
-  feeds the network ``1000 * 0.25 ln(sigma)`` where they were trained on ``0.25 ln(sigma)``, and
-  it applies ``c_skip``/``c_out`` to the raw network output rather than to the denoiser ``D``.
+* EDM: :class:`EDMLCMScheduler`, diffusers' ``EDMEulerScheduler`` preconditioning (``c_in``,
+  ``c_noise = ln(sigma) / 4``, ``D = c_skip x + c_out F``) with the consistency step ``f = c_skip'
+  x + c_out' D`` (:func:`edm_boundary_scalings`, 1 and 0 at ``sigma_min``), re-noised to ``f +
+  sigma' eps``. diffusers' ``CMStochasticIterativeScheduler`` does not fit the EDM networks
+  trained here: it feeds the network ``1000 * 0.25 ln(sigma)`` where they were trained on
+  ``0.25 ln(sigma)``, and applies its ``c_skip``/``c_out`` to the raw network output, not to ``D``.
 
 Example::
 
@@ -38,8 +40,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffusers import FlowMatchLCMScheduler
+from diffusers import EDMEulerScheduler, FlowMatchLCMScheduler
 from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_edm_euler import EDMEulerSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
 # diffusers' from_pretrained looks a saved component's loading base class up in its own module.
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
@@ -134,3 +138,103 @@ class FlowLCMScheduler(FlowMatchLCMScheduler):
         self.timesteps = (self.sigmas[:-1] * c.num_train_timesteps).to(device)    # (N,) float32
         self._step_index = None
         self._begin_index = None
+
+
+#: LCM's ``timestep_scaling`` (diffusers ``LCMScheduler``), used for EDM's boundary scalings too
+TIMESTEP_SCALING = 10.0
+
+
+def edm_grid_sigmas(grid_size: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """The EDM distillation grid, ascending float64 ``(grid_size + 1,)``: Karras et al. 2022, eq. 5
+    on ``[sigma_min, sigma_max]`` (``sigma_0 = sigma_min``, the boundary; the consistency models'
+    own discretisation, Song et al. 2023, Sec. 3)."""
+    ramp = 1 - torch.arange(grid_size + 1, dtype=torch.float64) / grid_size       # 1 .. 0
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    sigmas[0], sigmas[-1] = sigma_min, sigma_max      # exact ends (c_out(sigma_0) = 0 exactly)
+    return sigmas
+
+
+def edm_boundary_scalings(sigma, sigma_min: float, sigma_data: float):
+    """``(c_skip, c_out)`` of the consistency function ``f = c_skip x + c_out D(x; sigma)`` of an
+    EDM model: LCM's scalings (diffusers ``LCMScheduler.get_scalings_for_boundary_condition_discrete``,
+    ``timestep_scaling`` 10) on ``u = (sigma - sigma_min) / sigma_min``, i.e. sigma counted in units
+    of ``sigma_min`` as LCM counts DDPM timesteps: ``c_skip = sd^2 / ((10 u)^2 + sd^2)``, ``c_out =
+    10 u / sqrt((10 u)^2 + sd^2)``; exactly 1 and 0 at ``sigma_min`` (Song et al. 2023, eq. 3-4),
+    below 3e-7 from sigma = 0.19 up (the lowest sigma 4 steps of a 50-point grid visit; 0.007 at the
+    grid's first sigma above sigma_min), so ``f`` is the denoiser ``D`` wherever the sampler steps.
+
+    Example::
+
+        >>> [round(float(c), 6) for c in edm_boundary_scalings(torch.tensor(0.002), 0.002, 0.5)]
+        [1.0, 0.0]
+    """
+    u = (sigma - sigma_min) / sigma_min * TIMESTEP_SCALING
+    return sigma_data ** 2 / (u ** 2 + sigma_data ** 2), u / (u ** 2 + sigma_data ** 2) ** 0.5
+
+
+class EDMLCMScheduler(EDMEulerScheduler):
+    """Multistep consistency sampling of an EDM student: ``N`` sigmas of the Karras distillation
+    grid (:func:`edm_grid_sigmas`, picked by :func:`grid_indices`), and per step ``D = c_skip x +
+    c_out F`` (the parent's ``precondition_outputs``), ``f = c_skip' x + c_out' D``
+    (:func:`edm_boundary_scalings`), then ``x' = f + sigma' eps`` with fresh ``eps`` from the
+    per-image ``generator``s; the last step returns ``f``. The network sees ``c_in x`` and
+    ``c_noise = ln(sigma) / 4`` (inherited), as it was trained.
+
+    Why our own class: see the module docstring (``CMStochasticIterativeScheduler``); the parent's
+    ``step`` is an Euler step and its ``init_noise_sigma`` is ``sqrt(sigma_max^2 + 1)``, here
+    ``sigma_max``, the grid's first sigma.
+
+    Example::
+
+        >>> s = EDMLCMScheduler(original_inference_steps=50)
+        >>> s.set_timesteps(2); [round(float(x), 2) for x in s.sigmas]
+        [80.0, 2.52, 0.0]
+    """
+
+    @register_to_config
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5,
+                 sigma_schedule: str = "karras", num_train_timesteps: int = 1000,
+                 prediction_type: str = "epsilon", rho: float = 7.0,
+                 final_sigmas_type: str = "zero", original_inference_steps: int = 50):
+        if sigma_schedule != "karras" or final_sigmas_type != "zero":
+            raise ValueError(f"EDMLCMScheduler steps on the Karras grid to sigma 0: "
+                             f"sigma_schedule='karras', final_sigmas_type='zero'; got "
+                             f"{sigma_schedule!r}, {final_sigmas_type!r}")
+        super().__init__(sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data,
+                         sigma_schedule=sigma_schedule, num_train_timesteps=num_train_timesteps,
+                         prediction_type=prediction_type, rho=rho,
+                         final_sigmas_type=final_sigmas_type)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(self.config.sigma_max)
+
+    def set_timesteps(self, num_inference_steps: int = None, device=None, sigmas=None):
+        """``N`` grid sigmas (then 0); custom ``sigmas`` (the parent's Karras ramp in [0, 1]) go
+        to the parent. Raises ``ValueError`` for ``N`` outside ``[1, original_inference_steps]``."""
+        if sigmas is None:
+            grid = self.config.original_inference_steps
+            sigmas = torch.from_numpy(grid_indices(grid, num_inference_steps) / grid)  # ramp
+        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator=None, return_dict: bool = True):
+        """``x'`` from the network output ``F`` at ``(c_in x, c_noise)``; see the class docstring."""
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        sample = sample.to(torch.float32)
+        sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+        denoised = self.precondition_outputs(sample, model_output.float(), sigma)     # D
+        c_skip, c_out = edm_boundary_scalings(sigma, self.config.sigma_min, self.config.sigma_data)
+        f = c_skip * sample + c_out * denoised
+        if self.step_index < len(self.timesteps) - 1:
+            noise = randn_tensor(f.shape, generator=generator, device=f.device, dtype=f.dtype)
+            prev_sample = f + sigma_next * noise
+        else:
+            prev_sample = f
+        self._step_index += 1
+        prev_sample = prev_sample.to(model_output.dtype)
+        if not return_dict:
+            return (prev_sample, f)
+        return EDMEulerSchedulerOutput(prev_sample=prev_sample, pred_original_sample=f)

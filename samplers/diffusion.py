@@ -76,7 +76,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from samplers.checks import check_int
-from samplers.consistency import FlowLCMScheduler
+from samplers.consistency import EDMLCMScheduler, FlowLCMScheduler
 # Re-exported: the scheduler subclasses lived here before samplers/schedulers.py.
 from samplers.schedulers import (PREDICTION_TYPES, EDMHeunScheduler,  # noqa: F401
                                  FlowDPMSolverMultistepScheduler, FlowUniPCMultistepScheduler, ScheduledDDIMScheduler,
@@ -234,6 +234,9 @@ _REGISTRY: dict[str, SamplerSpec] = {
     "flow-lcm": SamplerSpec(FlowLCMScheduler, {}, True,
                             "Song et al. 2023, Alg. 1 on the flow path (diffusers FlowMatchLCM)",
                             FLOW_PREDICTION_TYPES, parameterisation="flow", distilled=True),
+    "edm-lcm": SamplerSpec(EDMLCMScheduler, {}, True,
+                           "Song et al. 2023, Alg. 1 on EDM's preconditioning",
+                           EDM_PREDICTION_TYPES, parameterisation="edm", distilled=True),
 }
 
 
@@ -253,7 +256,7 @@ def list_samplers(parameterisation: Optional[str] = None,
     Example::
 
         >>> list_samplers(distilled=True)
-        ['flow-lcm', 'lcm']
+        ['edm-lcm', 'flow-lcm', 'lcm']
     """
     if parameterisation is not None and parameterisation not in PARAMETERISATIONS:
         raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got "

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
+from diffusers import DDPMScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
 
 from conftest import forward_spy, generators, make_pipe
 from samplers import (build_sampler, is_distilled_sampler, list_samplers, nfe_for_steps,
                       sampler_name, samplers_for, steps_for_nfe)
-from samplers.consistency import FlowLCMScheduler, flow_grid_sigmas, grid_indices
+from samplers.consistency import (FlowLCMScheduler, edm_boundary_scalings, flow_grid_sigmas,
+                                  grid_indices)
 
 T = 1000
 X0 = 2 * torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1
@@ -55,6 +56,25 @@ def test_flow_lcm_with_an_exact_velocity_returns_x0(shift, n):
     assert float((x - X0).abs().max()) < ATOL
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_edm_lcm_with_an_exact_denoiser_returns_x0(n):
+    """The network output F with D = c_skip x + c_out F = x0 exactly (x read off its input c_in x,
+    sigma the scheduler's own: float32 c_noise misreads sigma = 80 by ~1e-4): x0 to 1e-4."""
+    scheduler = build_sampler("edm-lcm", EDMEulerScheduler(sigma_max=80.0))
+    scheduler.set_timesteps(n)
+    x, g = NOISE.clone() * scheduler.init_noise_sigma, torch.Generator().manual_seed(3)
+    sd = scheduler.config.sigma_data
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(x, t)
+        sigma = scheduler.sigmas[scheduler.step_index].double()    # = exp(4 c_noise), exactly
+        unscaled = model_input * (sigma ** 2 + sd ** 2).sqrt()
+        c_skip, c_out = sd ** 2 / (sigma ** 2 + sd ** 2), sigma * sd / (sigma ** 2 + sd ** 2).sqrt()
+        x = scheduler.step((X0 - c_skip * unscaled) / c_out, t, x, generator=g).prev_sample
+    assert float((x - X0).abs().max()) < ATOL
+    # f = c_skip' x + c_out' D leaves c_skip'(sigma) (x - x0) of the last step's input: < 3e-7 x 1
+    assert edm_boundary_scalings(torch.tensor(0.19), 0.002, 0.5)[0] < 3e-7
+
+
 def test_grids_are_lcms_evenly_spaced_indices():
     lcm = build_sampler("lcm", DDPMScheduler())
     flow = build_sampler("flow-lcm", FlowMatchEulerDiscreteScheduler(shift=1.0))
@@ -82,7 +102,7 @@ def test_step_counts_beyond_the_grid_are_refused_and_helpers_stop_there():
 
 
 def test_listing_names_and_round_trip(tmp_path):
-    assert list_samplers(distilled=True) == ["flow-lcm", "lcm"]
+    assert list_samplers(distilled=True) == ["edm-lcm", "flow-lcm", "lcm"]
     assert "lcm" not in list_samplers() and "lcm" in list_samplers(distilled=None)
     lcm = build_sampler("lcm", DDPMScheduler())
     assert type(lcm) is LCMScheduler and sampler_name(lcm) == "lcm" and is_distilled_sampler(lcm)
@@ -98,7 +118,8 @@ def test_listing_names_and_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("name, train", [("lcm", None),
-                                         ("flow-lcm", FlowMatchEulerDiscreteScheduler(shift=3.0))])
+                                         ("flow-lcm", FlowMatchEulerDiscreteScheduler(shift=3.0)),
+                                         ("edm-lcm", EDMEulerScheduler(sigma_max=40.0))])
 def test_pipeline_one_forward_per_step_seeds_and_batch_invariance(name, train):
     """NFE = steps (one conditional forward each, batch 2 for 2 images: no guidance rows); the
     image of seed 1 is the same alone and second in a batch (the re-noising draws from each image's

@@ -31,8 +31,10 @@ writes each one as ``(alpha_n, sigma_n)``, an x0 prediction and boundary scaling
 * flow matching (``x_t = (1 - sigma) x0 + sigma eps``, velocity network): ``alpha = 1 - sigma``
   on the grid ``sigma_n = shift(n / N)`` (``sigma_0 = 0``); ``x0_hat = x - sigma v`` is already
   ``x`` at ``sigma = 0``, so ``c_skip = 0, c_out = 1``; the sampler ``flow-lcm``.
-* EDM: refused for now (no consistency sampler takes EDM's ``c_noise``; see
-  :mod:`samplers.consistency`). The grid and step would be ``alpha = 1``, ``sigma`` Karras.
+* EDM (``x = x0 + sigma eps``, ``D = c_skip x + c_out F(c_in x; ln(sigma) / 4)``): ``alpha = 1``
+  on the Karras grid ``sigma_min = sigma_0 < ... < sigma_N = sigma_max`` (eq. 5); ``x0_hat = D``;
+  LCM's scalings on ``sigma - sigma_min`` (:func:`samplers.consistency.edm_boundary_scalings`);
+  the sampler ``edm-lcm``.
 
 Choices, with their sources:
 
@@ -66,19 +68,20 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
+from diffusers import (DDPMScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler,
+                       LCMScheduler)
 
 from diffusion.pipelines.diffusion import DiffusionImagePipeline
 from samplers.checks import check_int, check_number
-from samplers.consistency import flow_grid_sigmas
-from samplers.diffusion import (build_sampler, flow_training_schedule, parameterisation_of,
-                                training_schedule)
+from samplers.consistency import edm_boundary_scalings, edm_grid_sigmas, flow_grid_sigmas
+from samplers.diffusion import (build_sampler, edm_training_schedule, flow_training_schedule,
+                                parameterisation_of, training_schedule)
 from samplers.schedulers import _x0_and_epsilon
 from training.objectives.base import quiet
 from training.objectives.diffusion import DDPM_ONLY_SETTINGS, DiffusionObjective
 
 #: teacher parameterisation -> the consistency sampler its student is exported with
-CONSISTENCY_SAMPLERS = {"ddpm": "lcm", "flow": "flow-lcm"}
+CONSISTENCY_SAMPLERS = {"ddpm": "lcm", "flow": "flow-lcm", "edm": "edm-lcm"}
 
 
 def teacher_path(cfg) -> Path:
@@ -94,20 +97,21 @@ def _read_json(path: Path) -> dict:
 
 class TeacherODE:
     """The teacher's parameterisation on the distillation grid: what consistency distillation
-    needs of it, written the same way for DDPM and flow matching.
+    needs of it, written the same way for DDPM, flow matching and EDM.
 
     Attributes (float64 ``(N + 1,)`` on CPU, index 0 = the boundary ``t_0``):
         alphas, sigmas: ``x_{t_n} = alphas[n] x0 + sigmas[n] eps``;
         c_skip, c_out: the consistency function's boundary scalings;
-        timesteps: what the U-Net is given at grid point ``n`` (int64 DDPM timesteps, or float
-            ``sigma T`` for flow).
+        timesteps: what the U-Net is given at grid point ``n`` (int64 DDPM timesteps, float
+            ``sigma T`` for flow, ``c_noise = ln(sigma) / 4`` for EDM);
+        c_in: EDM's input scaling ``1 / sqrt(sigma^2 + sigma_data^2)``, else ``None``.
 
     Args:
         scheduler: the teacher's scheduler (any sampler built on its training schedule).
         num_points: ``N``, the grid size (``distill.num_ddim_timesteps``).
 
     Raises:
-        ValueError: an EDM teacher, or ``N`` larger than the teacher's ``num_train_timesteps``.
+        ValueError: ``N`` outside ``[2, num_train_timesteps]`` of the teacher's schedule.
 
     Example::
 
@@ -119,10 +123,20 @@ class TeacherODE:
     def __init__(self, scheduler, num_points: int):
         self.parameterisation = parameterisation_of(scheduler)
         self.num_points = num_points
-        if self.parameterisation == "edm":
-            raise ValueError("consistency distillation of EDM teachers is not supported yet (no "
-                             "consistency sampler takes EDM's c_noise); use a DDPM or flow-matching "
-                             "teacher")
+        self.c_in = None   # the network's input scaling (EDM's c_in; none for DDPM and flow)
+        if self.parameterisation == "edm":  # x = x0 + sigma eps; F at (c_in x, ln(sigma) / 4)
+            schedule = edm_training_schedule(scheduler)
+            check_int("distill.num_ddim_timesteps", num_points, 2, schedule["num_train_timesteps"])
+            self.prediction_type = schedule["prediction_type"]
+            self.edm = EDMEulerScheduler(**schedule)                      # its precondition_*
+            sigma = edm_grid_sigmas(num_points, schedule["sigma_min"], schedule["sigma_max"],
+                                    schedule["rho"])                      # (N + 1,), ascending
+            self.alphas, self.sigmas = torch.ones_like(sigma), sigma
+            self.c_in = 1 / (sigma ** 2 + schedule["sigma_data"] ** 2).sqrt()
+            self.timesteps = self.edm.precondition_noise(sigma).float()
+            self.c_skip, self.c_out = edm_boundary_scalings(sigma, schedule["sigma_min"],
+                                                            schedule["sigma_data"])
+            return
         if self.parameterisation == "ddpm":
             schedule = training_schedule(scheduler)
             T = schedule["num_train_timesteps"]
@@ -159,6 +173,8 @@ class TeacherODE:
         """The x0 prediction (float32) of a network ``output`` at ``(x, t_n)``: DDPM's epsilon /
         v / sample conversion (Ho et al. 2020, eq. 15; Salimans & Ho 2022), or flow's ``x - sigma v``."""
         output, x = output.float(), x.float()
+        if self.parameterisation == "edm":  # D = c_skip x + c_out F (Karras et al. 2022, Table 1)
+            return self.edm.precondition_outputs(x, output, self._at(self.sigmas, n, x))
         if self.parameterisation == "flow":
             return x - self._at(self.sigmas, n, x) * output
         abar = self._at(self.alphas, n, x) ** 2
@@ -167,7 +183,8 @@ class TeacherODE:
     def x0(self, unet, x: torch.Tensor, n: torch.Tensor, **conditions) -> torch.Tensor:
         """``x0_hat(x, t_n)`` of ``unet`` (one forward), float32 ``(B, C, H, W)``."""
         t = self.timesteps[n.cpu()].to(x.device)
-        return self.x0_from_output(unet(x, t, **conditions).sample, x, n)
+        model_input = x if self.c_in is None else x * self._at(self.c_in, n, x).to(x.dtype)
+        return self.x0_from_output(unet(model_input, t, **conditions).sample, x, n)
 
     def consistency(self, unet, x: torch.Tensor, n: torch.Tensor, **conditions) -> torch.Tensor:
         """``f(x, t_n) = c_skip(n) x + c_out(n) x0_hat(x, t_n)``, float32 ``(B, C, H, W)``."""
@@ -251,7 +268,7 @@ class ConsistencyObjective(DiffusionObjective):
     @classmethod
     def check_config(cls, cfg) -> None:
         """Refuse, before loading anything heavy: a teacher folder that is not a saved
-        ``DiffusionImagePipeline``, an EDM or text teacher, images or channels other than the
+        ``DiffusionImagePipeline``, a text teacher, images or channels other than the
         teacher's, ``guidance_scale < 1`` (or != 1 for an unconditional teacher), a grid, skip,
         ``huber_c`` or ``sample_steps`` out of range, and ``model.*`` or DDPM ``diffusion.*``
         settings changed from their defaults (the student is the teacher's U-Net and schedule)."""
@@ -304,11 +321,13 @@ class ConsistencyObjective(DiffusionObjective):
         """The teacher's training schedule (what the exported sampler is built on)."""
         if self.ode.parameterisation == "flow":
             return FlowMatchEulerDiscreteScheduler(**flow_training_schedule(self.teacher_scheduler))
+        if self.ode.parameterisation == "edm":
+            return EDMEulerScheduler(**edm_training_schedule(self.teacher_scheduler))
         return DDPMScheduler(**training_schedule(self.teacher_scheduler))
 
     @property
     def sampler_name(self) -> str:
-        """``lcm`` (DDPM teacher) or ``flow-lcm`` (flow teacher)."""
+        """``lcm`` (DDPM teacher), ``flow-lcm`` (flow) or ``edm-lcm`` (EDM)."""
         return CONSISTENCY_SAMPLERS[self.ode.parameterisation]
 
     @property
