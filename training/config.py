@@ -100,7 +100,7 @@ class DistillConfig:
     """Consistency distillation (``train.objective=consistency``; Song et al. 2023, Alg. 2; Luo et
     al. 2023) of a saved teacher pipeline into a 1-4 step student - see
     :mod:`training.objectives.consistency`. The student is the teacher's U-Net (``model.*`` is not
-    read) and is exported with a consistency sampler (``lcm`` / ``flow-lcm``)."""
+    read) and is exported with a consistency sampler (``lcm`` / ``flow-lcm`` / ``edm-lcm``)."""
 
     teacher: Optional[str] = None      # saved DiffusionImagePipeline folder; None: the shipped DDPM model
     guidance_scale: float = 2.0        # CFG in the teacher's ODE step, distilled into the student (>= 1)

@@ -16,7 +16,7 @@ One module per family:
 * :mod:`~training.objectives.edm`: ``edm`` and ``text-edm`` (EDM preconditioning of the same
   U-Net, Karras et al. 2022);
 * :mod:`~training.objectives.consistency`: ``consistency`` (consistency distillation of a saved
-  diffusion or flow teacher into a 1-4 step student);
+  DDPM, flow or EDM teacher into a 1-4 step student);
 * :mod:`~training.objectives.classifier`: ``classifier``;
 * :mod:`~training.objectives.gan`: ``gan``;
 * :mod:`~training.objectives.vq_ar`: ``vqvae`` and ``prior`` (the autoregressive baseline).

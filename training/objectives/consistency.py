@@ -234,8 +234,8 @@ class ConsistencyObjective(DiffusionObjective):
     """Consistency distillation of ``distill.teacher`` (module docstring). ``modules["model"]``
     is the student, a copy of the teacher's U-Net; the frozen teacher is ``self.teacher`` (not a
     module of the loop: never optimised, checkpointed or averaged). Export: a
-    ``DiffusionImagePipeline`` of the student with the consistency sampler (``lcm`` or
-    ``flow-lcm``, grid ``num_ddim_timesteps``) as its scheduler and the teacher's class names.
+    ``DiffusionImagePipeline`` of the student with the consistency sampler (``lcm``,
+    ``flow-lcm`` or ``edm-lcm``, grid ``num_ddim_timesteps``) as its scheduler and the teacher's class names.
 
     Raises:
         ValueError: (``check_config``) see there; (construction) the data's class count differs
