@@ -47,6 +47,11 @@ whose training schedule is a diffusers ``EDMEulerScheduler`` carrying ``sigma_mi
 ``edm-heun`` (Alg. 2, with optional churn), ``edm-dpmpp-2m``. A sampler of another
 parameterisation is refused by name, with the ones that do apply (:func:`check_parameterisation`,
 :func:`samplers_for`).
+
+The consistency samplers ``lcm``, ``flow-lcm`` and ``edm-lcm`` (:mod:`samplers.consistency`) sample
+students distilled by ``train.objective=consistency``: 1-4 steps, guidance distilled in
+(``SamplerSpec.distilled``; the pipeline refuses ``guidance_scale != 1`` with them). They are listed
+apart: ``list_samplers(distilled=True)``, and by :func:`samplers_for` for a student's scheduler.
 """
 
 from __future__ import annotations
