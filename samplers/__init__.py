@@ -13,6 +13,7 @@ from samplers.diffusion import (
     clipping_options,
     edm_training_schedule,
     flow_training_schedule,
+    is_distilled_sampler,
     list_samplers,
     nfe_for_steps,
     parameterisation_of,
@@ -46,7 +47,7 @@ from samplers.logits import (
 
 __all__ = ["DEFAULT_SAMPLER", "EDM_PREDICTION_TYPES", "FLOW_PREDICTION_TYPES", "PARAMETERISATIONS", "PREDICTION_TYPES",
            "SamplerSpec", "build_sampler", "check_parameterisation", "check_prediction_type",
-           "clipping_options", "edm_training_schedule", "flow_training_schedule", "list_samplers", "nfe_for_steps",
+           "clipping_options", "edm_training_schedule", "flow_training_schedule", "is_distilled_sampler", "list_samplers", "nfe_for_steps",
            "parameterisation_of", "register_sampler", "sampler_name", "sampler_name_of",
            "sampler_spec", "samplers_for", "steps_for_nfe", "training_schedule",
            # guidance methods (samplers/guidance.py)

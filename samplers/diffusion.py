@@ -47,6 +47,11 @@ whose training schedule is a diffusers ``EDMEulerScheduler`` carrying ``sigma_mi
 ``edm-heun`` (Alg. 2, with optional churn), ``edm-dpmpp-2m``. A sampler of another
 parameterisation is refused by name, with the ones that do apply (:func:`check_parameterisation`,
 :func:`samplers_for`).
+
+The consistency samplers ``lcm``, ``flow-lcm`` and ``edm-lcm`` (:mod:`samplers.consistency`) sample
+students distilled by ``train.objective=consistency``: 1-4 steps, guidance distilled in
+(``SamplerSpec.distilled``; the pipeline refuses ``guidance_scale != 1`` with them). They are listed
+apart: ``list_samplers(distilled=True)``, and by :func:`samplers_for` for a student's scheduler.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from diffusers import (
     FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
+    LCMScheduler,
     KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     UniPCMultistepScheduler,
@@ -75,6 +81,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from samplers.checks import check_int
+from samplers.consistency import EDMLCMScheduler, FlowLCMScheduler
 # Re-exported: the scheduler subclasses lived here before samplers/schedulers.py.
 from samplers.schedulers import (PREDICTION_TYPES, EDMHeunScheduler,  # noqa: F401
                                  FlowDPMSolverMultistepScheduler, FlowUniPCMultistepScheduler, ScheduledDDIMScheduler,
@@ -144,6 +151,10 @@ class SamplerSpec:
     # The model parameterisation the update is for (PARAMETERISATIONS): build_sampler refuses a
     # training schedule of the other one, naming the samplers that apply.
     parameterisation: str = "ddpm"
+    # A sampler for a distilled consistency model (samplers.consistency): classifier-free guidance
+    # was distilled into the network, so the pipeline refuses guidance_scale != 1 with it; listed
+    # apart (list_samplers(distilled=True)) since its steps are few and drawn from a fixed grid.
+    distilled: bool = False
 
 
 _REGISTRY: dict[str, SamplerSpec] = {
@@ -219,29 +230,75 @@ _REGISTRY: dict[str, SamplerSpec] = {
                                 {"algorithm_type": "dpmsolver++", "solver_order": 2}, False,
                                 "Lu et al. 2022 (DPM-Solver++), Alg. 2; EDM sigmas",
                                 EDM_PREDICTION_TYPES, parameterisation="edm"),
+    # Consistency models distilled by train.objective=consistency (samplers.consistency): predict
+    # x0, re-noise to the next time of the distillation grid with fresh noise; one call per step.
+    # LCMScheduler fits DDPM students as is (its c_skip / c_out are the objective's).
+    "lcm": SamplerSpec(LCMScheduler, {}, True,
+                       "Luo et al. 2023 (LCM), Alg. 3; Song et al. 2023, Alg. 1",
+                       distilled=True),
+    "flow-lcm": SamplerSpec(FlowLCMScheduler, {}, True,
+                            "Song et al. 2023, Alg. 1 on the flow path (diffusers FlowMatchLCM)",
+                            FLOW_PREDICTION_TYPES, parameterisation="flow", distilled=True),
+    "edm-lcm": SamplerSpec(EDMLCMScheduler, {}, True,
+                           "Song et al. 2023, Alg. 1 on EDM's preconditioning",
+                           EDM_PREDICTION_TYPES, parameterisation="edm", distilled=True),
 }
 
 
-def list_samplers(parameterisation: Optional[str] = None) -> list[str]:
+def list_samplers(parameterisation: Optional[str] = None,
+                  distilled: Optional[bool] = False) -> list[str]:
     """Registered sampler names, sorted: all of them, or those for ``parameterisation`` ("ddpm",
     "flow" or "edm", see :data:`PARAMETERISATIONS`). For the ones a given model can run, see
     :func:`samplers_for`.
 
+    ``distilled``: ``False`` (default) the ODE / SDE samplers of denoising networks; ``True`` the
+    multistep consistency samplers of distilled students (``SamplerSpec.distilled``,
+    :mod:`samplers.consistency`); ``None`` both.
+
     Raises:
         ValueError: an unknown ``parameterisation``.
+
+    Example::
+
+        >>> list_samplers(distilled=True)
+        ['edm-lcm', 'flow-lcm', 'lcm']
     """
-    if parameterisation is None:
-        return sorted(_REGISTRY)
-    if parameterisation not in PARAMETERISATIONS:
+    if parameterisation is not None and parameterisation not in PARAMETERISATIONS:
         raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got "
                          f"{parameterisation!r}")
-    return sorted(n for n, spec in _REGISTRY.items() if spec.parameterisation == parameterisation)
+    return sorted(n for n, spec in _REGISTRY.items()
+                  if parameterisation in (None, spec.parameterisation)
+                  and distilled in (None, spec.distilled))
+
+
+#: Default steps of a consistency sampler (command line, compare): distillation trains for 1-4.
+DISTILLED_DEFAULT_STEPS = 4
+
+
+def is_distilled_sampler(scheduler_or_name: Any) -> bool:
+    """Whether a sampler name, a scheduler (or its saved config), or a pipeline's scheduler is a
+    consistency sampler
+    (``SamplerSpec.distilled``): one for a student whose guidance was distilled in, so it is
+    sampled with ``guidance_scale = 1`` and few steps.
+
+    Example::
+
+        >>> is_distilled_sampler("lcm"), is_distilled_sampler(DDPMScheduler())
+        (True, False)
+    """
+    if isinstance(scheduler_or_name, Mapping):  # a saved scheduler config: by its class name
+        return any(spec.distilled and spec.scheduler_class.__name__ ==
+                   scheduler_or_name.get("_class_name") for spec in _REGISTRY.values())
+    name = scheduler_or_name if isinstance(scheduler_or_name, str) else \
+        sampler_name(scheduler_or_name)
+    return name in _REGISTRY and _REGISTRY[name].distilled
 
 
 def sampler_spec(name: str) -> SamplerSpec:
     """The registry entry for ``name``; raises ``ValueError`` listing the known names."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {list_samplers()}")
+        raise ValueError(f"unknown sampler {name!r}; choose one of "
+                         f"{list_samplers(distilled=None)}")
     return _REGISTRY[name]
 
 
@@ -433,7 +490,9 @@ def samplers_for(config_or_scheduler: Union[SchedulerMixin, Mapping[str, Any]]) 
         ['flow-dpmpp-2m', 'flow-euler', 'flow-heun', 'flow-unipc']
     """
     names = []
-    for name in list_samplers(parameterisation_of(config_or_scheduler)):
+    # A distilled student (its scheduler a consistency sampler) also lists the consistency samplers.
+    distilled = None if is_distilled_sampler(config_or_scheduler) else False
+    for name in list_samplers(parameterisation_of(config_or_scheduler), distilled=distilled):
         try:
             build_sampler(name, config_or_scheduler)
         except ValueError:
@@ -724,7 +783,10 @@ def steps_for_nfe(name: str, config_or_scheduler: Union[SchedulerMixin, Mapping[
     if nfe < one_step:
         raise ValueError(f"sampler {name!r} makes {one_step} network calls for one step; "
                          f"got nfe={nfe}")
-    low, high = 1, sampler.config.num_train_timesteps  # invariant: cost(low) <= nfe
+    # consistency samplers step on their distillation grid of original_inference_steps points
+    high = getattr(sampler.config, "original_inference_steps", None) or \
+        sampler.config.num_train_timesteps
+    low = 1  # invariant: cost(low) <= nfe
     while low < high:
         mid = (low + high + 1) // 2
         if cost(mid) <= nfe:

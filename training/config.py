@@ -96,6 +96,22 @@ class EDMConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Consistency distillation (``train.objective=consistency``; Song et al. 2023, Alg. 2; Luo et
+    al. 2023) of a saved teacher pipeline into a 1-4 step student - see
+    :mod:`training.objectives.consistency`. The student is the teacher's U-Net (``model.*`` is not
+    read) and is exported with a consistency sampler (``lcm`` / ``flow-lcm`` / ``edm-lcm``)."""
+
+    teacher: Optional[str] = None      # saved DiffusionImagePipeline folder; None: the shipped DDPM model
+    guidance_scale: float = 2.0        # CFG in the teacher's ODE step, distilled into the student (>= 1)
+    num_ddim_timesteps: int = 50       # distillation grid: N points of the teacher's time (LCM: 50)
+    skip_steps: int = 1                # teacher ODE step spans k grid points (LCM's skipping step)
+    loss: str = "pseudo-huber"         # pseudo-huber (Song & Dhariwal 2023) | l2
+    huber_c: Optional[float] = None    # pseudo-Huber c; None: 0.00054 sqrt(C H W) (iCT)
+    sample_steps: int = 4              # consistency-sampler steps of the sample grids and evaluation
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     """Evaluation classifier - see :class:`diffusion.models.classifier.ImageClassifier`."""
 
@@ -210,6 +226,7 @@ class ExperimentConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     edm: EDMConfig = field(default_factory=EDMConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     gan: GANConfig = field(default_factory=GANConfig)
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
@@ -224,6 +241,7 @@ _CHOICES = {
     ("diffusion", "prediction_type"): ("epsilon", "v_prediction", "sample"),
     ("flow", "timestep_sampling"): ("uniform", "logit-normal", "mode"),
     ("gan", "loss"): ("hinge", "non_saturating"),
+    ("distill", "loss"): ("pseudo-huber", "l2"),
 }
 
 
@@ -356,6 +374,7 @@ RESUME_POLICY = {
     "diffusion.": "refuse",             # noise schedule, prediction_type, loss weighting, dropout
     "flow.": "refuse",                  # timestep sampling and shift: another training distribution
     "edm.": "refuse",                   # sigma_data, sigma density, sampling range: another model
+    "distill.": "refuse",               # teacher, guidance, grid, loss: another student
     "train.objective": "refuse",
     "train.seed": "refuse",             # the data order and subset are drawn from it
     "train.batch_size": "refuse",       # the position in the epoch is counted in batches
@@ -399,6 +418,7 @@ RESUME_POLICY = {
     "diffusion.eval_feature_network": "apply",
     "flow.sampler": "apply",            # sample grids, evaluation and the export's scheduler
     "edm.sampler": "apply",             # sample grids, evaluation and the export's scheduler
+    "distill.sample_steps": "apply",    # sample grids and evaluation only
     "data.root": "apply",               # where the same files are; the images are checked by name,
                                         # split, size and subset
     "data.eval_split": "apply",

@@ -38,7 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                 "model's own scheduler (dpmpp-2m for the shipped class model)")
     options.add_steps(g)
     options.add_guidance_scale(g, help="classifier-free guidance scale; 1 disables guidance "
-                                       "(default 2.0 for diffusion; AR: the model's saved setting)")
+                                       "(default 2.0 for diffusion, 1 with a consistency "
+                                       "sampler; AR: the model's saved setting)")
     options.add_guidance(g)
     g.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
     g.add_argument("--truncation", type=float, default=None,

@@ -168,8 +168,9 @@ def check_sampler_name(name) -> None:
     """``--sampler`` unset or a registered name, else a CLI error listing the names."""
     from samplers import list_samplers
 
-    if name is not None and name not in list_samplers():
-        raise SystemExit(f"error: unknown sampler {name!r}; choose one of {list_samplers()}")
+    if name is not None and name not in list_samplers(distilled=None):
+        raise SystemExit(f"error: unknown sampler {name!r}; choose one of "
+                         f"{list_samplers(distilled=None)}")
 
 
 def add_samplers(p: argparse.ArgumentParser, default, help: str) -> None:
@@ -241,15 +242,22 @@ def guidance_from_args(args):
 
 def default_guidance(pipe, args) -> None:
     """``--guidance-scale`` (and a one-run ``--steps``) left unset: 2.0 (and 20) for diffusion
-    pipelines (the shipped model's setting); others keep ``None`` (an AR pipeline then uses its
+    pipelines (the shipped model's setting), 1.0 (and 4) with a consistency sampler (a distilled
+    student: its guidance is in its weights); others keep ``None`` (an AR pipeline then uses its
     saved decoding setting). First refuses the family flags ``pipe`` has no use for."""
     refuse_unused(pipe, args)
     if "num_inference_steps" in inspect.signature(pipe.__call__).parameters:
+        from samplers import is_distilled_sampler
+        from samplers.diffusion import DISTILLED_DEFAULT_STEPS
+
+        # a distilled student's consistency sampler: guidance is in the weights; 1-4 steps
+        distilled = is_distilled_sampler(getattr(args, "sampler", None) or pipe.scheduler)
         if args.guidance_scale is None:  # cfg++ takes lambda in [0, 1]: its own default
             method = guidance_from_args(args)
-            args.guidance_scale = 2.0 if method is None else method.default_guidance_scale
+            args.guidance_scale = (1.0 if distilled else 2.0) if method is None \
+                else method.default_guidance_scale
         if getattr(args, "steps", 0) is None and not hasattr(args, "samplers"):  # one run
-            args.steps = DEFAULT_STEPS
+            args.steps = DISTILLED_DEFAULT_STEPS if distilled else DEFAULT_STEPS
 
 
 #: Flag -> the pipeline ``__call__`` argument it sets: a flag is refused for a pipeline whose

@@ -49,7 +49,7 @@ def saved_schedule(model: str) -> dict:
 def run(args) -> int:
     from samplers import list_samplers, sampler_spec, samplers_for
 
-    names = list_samplers()
+    names = list_samplers(distilled=None)  # with the consistency samplers (lcm, flow-lcm)
     if getattr(args, "model", None) is not None:
         with exit_on(FileNotFoundError, ValueError):
             names = samplers_for(saved_schedule(args.model))

@@ -218,7 +218,11 @@ def _row_configs(pipeline, samplers, steps) -> list[dict]:
     names = list(samplers) if samplers else [sampler_name(pipeline)]
     for name in names:
         sampler_spec(name)  # unknown name -> ValueError listing the registry
-    return [{"sampler": s, "num_inference_steps": int(n)} for s in names for n in (steps or [20])]
+    from samplers import is_distilled_sampler
+    from samplers.diffusion import DISTILLED_DEFAULT_STEPS
+
+    return [{"sampler": s, "num_inference_steps": int(n)} for s in names
+            for n in (steps or [DISTILLED_DEFAULT_STEPS if is_distilled_sampler(s) else 20])]
 
 
 def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence[str]] = None,
@@ -245,7 +249,8 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
         batch_sizes: throughput is measured at each; the best is reported.
         latency_repeats: batch-1 calls whose median gives ``seconds_per_image``.
         measure_memory: on CPU, measure peak memory in a fresh process per row.
-        guidance_scale: ``None``: 2.0 for diffusion pipelines, the saved setting otherwise.
+        guidance_scale: ``None``: 2.0 for diffusion pipelines (1.0 for rows of a consistency
+            sampler, whose model has its guidance distilled in), the saved setting otherwise.
         guidance: diffusion models: the guidance method (a name or ``samplers.build_guidance(...)``;
             ``None``: each model's saved default); families without guidance ignore it.
         class_prompts: K prompt lists for text-to-image models (as in ``evaluate``).
@@ -267,6 +272,7 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
     from diffusion.evaluation.evaluator import evaluate
     from diffusion.evaluation.sampling import pipeline_call_kwargs
     from diffusion.pipelines.loading import load_pipeline, model_folder_name
+    from samplers import is_distilled_sampler
 
     if not models:
         raise ValueError("compare needs at least one model")
@@ -283,10 +289,10 @@ def compare(models: Sequence[Union[str, Path, Any]], samplers: Optional[Sequence
         pipe = load_pipeline(folder, device=device, quiet=True) if folder is not None else model
         name = model_folder_name(folder) if folder is not None else type(pipe).__name__
         prompts = class_prompts if getattr(pipe, "takes_text", False) else None
-        scale = guidance_scale
-        if scale is None and _takes_steps(pipe):
-            scale = 2.0
         for config in _row_configs(pipe, samplers, steps):
+            scale = guidance_scale
+            if scale is None and _takes_steps(pipe):  # a consistency sampler: guidance distilled in
+                scale = 1.0 if is_distilled_sampler(config["sampler"]) else 2.0
             config = pipeline_call_kwargs(pipe, config, guidance_scale=scale, guidance=guidance)
             row = evaluate(pipe, metrics=metrics, num_samples=num_samples, progress=progress,
                            class_prompts=prompts, **config, **evaluate_kwargs)

@@ -188,7 +188,7 @@ def _same_scheduler(pipe, name: str) -> bool:
     class, same config but ``_``-keys): then ``sampler=name`` and no sampler make the same images."""
     from samplers import build_sampler, list_samplers
 
-    if name not in list_samplers():
+    if name not in list_samplers(distilled=None):
         return False
     try:
         built = build_sampler(name, pipe.scheduler)

@@ -41,8 +41,8 @@ from diffusion.pipelines.base import (ImagePipeline, check_class_names, check_ge
                                       check_num_images_and_output_type, normalize_class_labels,
                                       normalize_prompts)
 from samplers.checks import check_int, check_number
-from samplers.diffusion import (build_sampler, check_parameterisation, list_samplers,
-                                sampler_name)
+from samplers.diffusion import (build_sampler, check_parameterisation, is_distilled_sampler,
+                                list_samplers, sampler_name)
 from samplers.guidance import GuidanceMethod, GuidanceStep, as_guidance
 
 
@@ -62,6 +62,27 @@ def denoising_stage(scheduler, first_nonfinite: torch.Tensor) -> str:
     t = int(t) if float(t).is_integer() else round(float(t), 4)
     return (f"sampler {name!r}: first at denoising step {step} (of steps 0..{len(timesteps) - 1}, "
             f"timestep {t})")
+
+
+def check_distilled_guidance(sampler, guidance_scale: float) -> None:
+    """Raise ``ValueError`` if ``sampler`` (a name or a scheduler) is a consistency sampler
+    (:func:`samplers.is_distilled_sampler`) and ``guidance_scale != 1``: a distilled student
+    (``train.objective=consistency``) had the teacher's guidance distilled into it, so it takes
+    one conditional forward per step; guiding it again would apply guidance twice.
+
+    Example::
+
+        >>> check_distilled_guidance("lcm", 1.0); check_distilled_guidance("ddim", 3.0)
+        >>> check_distilled_guidance("lcm", 2.0)          # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: sampler 'lcm' samples a distilled consistency model, ...
+    """
+    if guidance_scale != 1 and is_distilled_sampler(sampler):
+        name = sampler if isinstance(sampler, str) else sampler_name(sampler)
+        raise ValueError(f"sampler {name!r} samples a distilled consistency model, whose "
+                         f"classifier-free guidance was distilled in at training time: pass "
+                         f"guidance_scale=1 (one forward per step), got {guidance_scale}")
 
 
 class DiffusionImagePipeline(ImagePipeline):
@@ -370,10 +391,12 @@ class DiffusionImagePipeline(ImagePipeline):
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs may name 'latents' and "
                              f"'model_output', got {sorted(bad)}")
-        if sampler is not None and sampler not in list_samplers():
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list_samplers()}")
+        if sampler is not None and sampler not in list_samplers(distilled=None):
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of "
+                             f"{list_samplers(distilled=None)}")
         if sampler is not None:  # e.g. a DDPM sampler on a flow-matching model, by name
             check_parameterisation(sampler, self.scheduler)
+        check_distilled_guidance(sampler if sampler is not None else self.scheduler, guidance_scale)
         check_image_size(height, width, self.unet.config.block_out_channels)
         if labels is not None:
             labels = labels.repeat_interleave(num_images_per_prompt)

@@ -174,3 +174,22 @@ def test_cas_rows_train_on_the_rows_own_cached_images(tmp_path, monkeypatch):
     images, labels, steps = seen[1]
     assert steps == 7 and labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert torch.equal(torch.as_tensor(images), torch.as_tensor(expected.images))
+
+
+def test_a_distilled_student_is_compared_with_its_sampler_at_4_steps_and_guidance_1(tmp_path):
+    """A student whose scheduler is ``lcm``: by default one row, lcm at 4 steps, guidance 1
+    (4 forwards); beside ``ddim`` rows, those keep guidance 2 and 20 steps."""
+    from diffusers import DDPMScheduler
+
+    from samplers import build_sampler
+
+    student = make_pipe(scheduler=build_sampler("lcm", DDPMScheduler(prediction_type="v_prediction")))
+    real = TensorImageDataset(torch.rand(30, 1, 8, 8) * 2 - 1, torch.arange(30) % K, ["a", "b", "c"])
+    common = dict(dataset=real, metrics="fid", num_samples=6, feature_network=PixelFeatures(),
+                  cache_dir=None, batch_sizes=[2], latency_repeats=1, measure_memory=False,
+                  progress=False)
+    rows = compare([student], **common)
+    assert [(r["sampler"], r["num_inference_steps"], r["nfe"], r["guidance_scale"]) for r in rows] \
+        == [("lcm", 4, 4, 1.0)]
+    rows = compare([student], samplers=["lcm", "ddim"], steps=[2], **common)
+    assert [(r["sampler"], r["guidance_scale"]) for r in rows] == [("lcm", 1.0), ("ddim", 2.0)]

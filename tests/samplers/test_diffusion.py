@@ -228,7 +228,7 @@ def test_registry_guard_restores_registry():
 
 
 def test_sampler_name_of_inverts_build_sampler():
-    from diffusers import LCMScheduler
+    from diffusers import DDIMScheduler, LCMScheduler
 
     from samplers import sampler_name_of
 
@@ -238,7 +238,10 @@ def test_sampler_name_of_inverts_build_sampler():
         assert sampler_name_of(build_sampler(name, FlowMatchEulerDiscreteScheduler())) == name
     for name in list_samplers("edm"):  # incl. edm-heun, a subclass of edm-euler's class
         assert sampler_name_of(build_sampler(name, EDMEulerScheduler())) == name
-    assert sampler_name_of(LCMScheduler()) is None  # not a registered sampler
+    for name, train in (("lcm", DDPMScheduler()), ("flow-lcm", FlowMatchEulerDiscreteScheduler())):
+        assert sampler_name_of(build_sampler(name, train)) == name   # the consistency samplers
+    assert sampler_name_of(LCMScheduler()) == "lcm"
+    assert sampler_name_of(DDIMScheduler()) is None  # not a registered sampler (ours subclasses it)
 
 
 # --- flow matching: parameterisation, building, refusal ------------------------------------------

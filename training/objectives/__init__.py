@@ -15,6 +15,8 @@ One module per family:
   on the same U-Net);
 * :mod:`~training.objectives.edm`: ``edm`` and ``text-edm`` (EDM preconditioning of the same
   U-Net, Karras et al. 2022);
+* :mod:`~training.objectives.consistency`: ``consistency`` (consistency distillation of a saved
+  DDPM, flow or EDM teacher into a 1-4 step student);
 * :mod:`~training.objectives.classifier`: ``classifier``;
 * :mod:`~training.objectives.gan`: ``gan``;
 * :mod:`~training.objectives.vq_ar`: ``vqvae`` and ``prior`` (the autoregressive baseline).
@@ -43,6 +45,8 @@ from typing import Dict, Sequence, Type
 from training.objectives.base import (GRID_COLUMNS, GRID_ROWS, Objective, draw_generators,
                                       quiet)
 from training.objectives.classifier import ClassifierObjective
+from training.objectives.consistency import (ConsistencyObjective, TeacherODE,
+                                             consistency_distance)
 from training.objectives.diffusion import (BETA_SCHEDULES, DiffusionObjective,
                                            TextDiffusionObjective, min_snr_weights,
                                            training_scheduler)
@@ -68,6 +72,8 @@ __all__ = [
     "flow_training_scheduler", "sample_flow_timesteps", "shift_sigmas",
     # edm
     "EDMObjective", "TextEDMObjective", "edm_loss", "edm_training_scheduler", "sample_edm_sigmas",
+    # consistency distillation
+    "ConsistencyObjective", "TeacherODE", "consistency_distance",
     # classifier
     "ClassifierObjective",
     # gan
@@ -89,6 +95,7 @@ OBJECTIVES: Dict[str, Type[Objective]] = {
     "text-flow-matching": TextFlowMatchingObjective,
     "edm": EDMObjective,
     "text-edm": TextEDMObjective,
+    "consistency": ConsistencyObjective,
 }
 
 

@@ -138,6 +138,16 @@ class DiffusionObjective(Objective):
         ``diffusion.sampler``."""
         return self.cfg.diffusion.sampler
 
+    @property
+    def sample_steps(self) -> int:
+        """Steps of the sample grids and periodic metrics: ``diffusion.sample_steps``."""
+        return self.cfg.diffusion.sample_steps
+
+    @property
+    def sample_guidance_scale(self) -> float:
+        """Guidance of the sample grids and periodic metrics: ``diffusion.guidance_scale``."""
+        return self.cfg.diffusion.guidance_scale
+
     def build_unet(self):
         """The U-Net of ``cfg.model``'s size on ``cfg.data``'s images (:func:`build_unet`),
         conditioned as :meth:`unet_conditioning` says."""
@@ -199,7 +209,8 @@ class DiffusionObjective(Objective):
         d, unet = self.cfg.diffusion, modules["model"]
         with eval_mode(unet):
             grid = self.sample_grid(self.pipeline(unet), generator, prompt=self.grid_prompts(),
-                                    num_inference_steps=d.sample_steps, guidance_scale=d.guidance_scale)
+                                    num_inference_steps=self.sample_steps,
+                                    guidance_scale=self.sample_guidance_scale)
             scalars = self.evaluate_metrics(unet) if d.eval_num_samples > 0 else {}
         return scalars, grid
 
@@ -213,8 +224,8 @@ class DiffusionObjective(Objective):
         n = d.eval_num_samples
         result = evaluate(self.pipeline(unet), dataset=data.name, dataset_root=data.root,
                           metrics=d.eval_metrics, num_samples=n, batch_size=min(n, 250),
-                          sampler=self.sampler_name, num_inference_steps=d.sample_steps,
-                          guidance_scale=d.guidance_scale, seed=0,
+                          sampler=self.sampler_name, num_inference_steps=self.sample_steps,
+                          guidance_scale=self.sample_guidance_scale, seed=0,
                           feature_network=d.eval_feature_network, reference_split=data.eval_split,
                           cache_samples=False, progress=False)
         return {f"{m}_n{n}": result[m] for m in ("fid", "kid", "precision", "recall",

@@ -37,11 +37,12 @@ def registry():
 
 def test_the_registry_holds_the_families_as_objective_classes():
     assert list(OBJECTIVES) == ["diffusion", "classifier", "gan", "vqvae", "prior", "text-diffusion",
-                                "flow-matching", "text-flow-matching", "edm", "text-edm"]
+                                "flow-matching", "text-flow-matching", "edm", "text-edm",
+                                "consistency"]
     assert all(isinstance(cls, type) and issubclass(cls, Objective) for cls in OBJECTIVES.values())
     assert {cls.__module__ for cls in OBJECTIVES.values()} == {
         f"training.objectives.{m}"
-        for m in ("diffusion", "flow", "edm", "classifier", "gan", "vq_ar")}
+        for m in ("diffusion", "flow", "edm", "classifier", "gan", "vq_ar", "consistency")}
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
