@@ -151,3 +151,34 @@ def test_bf16_ar_prior_gives_the_fp32_next_token_distribution():
     assert cosine.min() > 0.999
     assert kl.max() < 1e-2 and kl.mean() < 1e-3
     assert (fp32.argmax(-1) == bf16.argmax(-1)).float().mean() > 0.9
+
+
+# --- torch.compile ------------------------------------------------------------------------------
+
+def compiler_missing() -> str:
+    """Why inductor cannot compile on CPU here ('' if it can): it needs a C++ compiler."""
+    import shutil
+
+    try:
+        import torch._inductor  # noqa: F401
+    except Exception as e:  # pragma: no cover - a torch build without inductor
+        return f"torch._inductor unavailable: {e}"
+    return "" if any(shutil.which(c) for c in ("g++", "c++", "clang++")) else "no C++ compiler"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(compiler_missing()), reason=compiler_missing() or "compiler available")
+def test_compiled_network_runs_and_matches_eager():
+    """``compile_network`` on a tiny seeded U-Net pipeline: same images as eager to float rounding
+    (about 20-60 s of compiling on 2 busy CPU cores), and the module is still the saved one."""
+    from conftest import make_pipe, seeded_unet
+
+    pipe = make_pipe(seeded_unet())
+    kw = dict(class_labels=[0, 1], num_inference_steps=2, sampler="ddim", output_type="pt",
+              precision="fp32")
+    eager = pipe(**kw, generator=generators_from_seeds(range(2))).images
+    assert pipe.compile_network() is pipe
+    unet_class = type(pipe.unet)
+    compiled = pipe(**kw, generator=generators_from_seeds(range(2))).images
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
+    assert type(pipe.unet) is unet_class and pipe.unet._compiled_call_impl is not None
