@@ -5,12 +5,14 @@ one call signature::
 
     pipe(class_labels=None, prompt=None, num_images_per_prompt=1, generator=None,
          output_type="pil" | "np" | "pt", return_dict=True, on_nonfinite="raise" | "flag",
-         **family_specific)
+         precision=None | "auto" | "bf16" | "fp32", **family_specific)
 
 and returns :class:`GenerationOutput` (``images``, ``nfe``, ``nonfinite``). This module holds what
 that contract is made of: the output dataclass and :func:`to_output` (float ``(N, C, H, W)`` in
 [-1, 1] -> PIL / uint8 NHWC / float [0, 1]), the non-finite image check every call ends with
-(:class:`NonFiniteImagesError`, :func:`nonfinite_indices`), the input checks every
+(:class:`NonFiniteImagesError`, :func:`nonfinite_indices`), the network precision
+(:meth:`ImagePipeline.network_dtype`, :mod:`diffusion.precision`) and
+:meth:`ImagePipeline.compile_network`, the input checks every
 ``check_inputs`` calls before any network work,
 class ids by id or name (:meth:`ImagePipeline.class_id`), :func:`generators_from_seeds` (one
 generator per image, so an image does not depend on its batch) and :func:`eval_mode`.
