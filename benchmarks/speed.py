@@ -281,13 +281,13 @@ def markdown(r: dict) -> str:
     lines = [
         "# Sampling speed: the pipeline against a plain diffusers loop",
         "",
-        f"`python benchmarks/speed.py` on {r['hardware']} ({r['torch_threads']} torch threads); "
+        f"`python benchmarks/speed.py` on {r['hardware']}; "
         f"model `{r['model']}`, {r['sampler']}, {r['num_inference_steps']} steps, guidance "
         f"{r['guidance_scale']}, seed {r['seed']}; default precision here: "
         f"**{r['default_precision']}**. Images/s (ratio to the plain diffusers loop at the same "
         f"batch and steps).",
         "",
-        "| variant | " + " | ".join(f"batch {b}" for b in sizes) + " | best batch | |image - plain| |",
+        "| variant | " + " | ".join(f"batch {b}" for b in sizes) + " | best batch | mean abs image difference to plain |",
         "|---|" + "---|" * len(sizes) + "---|---|",
     ]
     for name, v in r["variants"].items():
