@@ -30,9 +30,9 @@ Example::
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import lru_cache
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import torch
 
@@ -53,6 +53,11 @@ def check_precision(precision, name: str = "precision") -> str:
 
     Raises:
         ValueError: anything else, naming the value and the choices.
+
+    Example::
+
+        >>> check_precision("bf16")
+        'bf16'
     """
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(f"{name} must be one of {PRECISIONS}, got {precision!r}")
@@ -81,6 +86,11 @@ def native_bf16(device: Device = None) -> bool:
     :func:`cpu_flags` (``torch.backends.cpu.get_cpu_capability()`` says only ``"AVX512"``, not
     whether BF16 is in it); any other device (MPS, ...): ``False``. Tests monkeypatch
     :func:`cpu_flags`.
+
+    Example::
+
+        >>> native_bf16("cpu") in (True, False), native_bf16("meta")
+        (True, False)
     """
     device = torch.device(device or "cpu")
     if device.type == "cuda":
@@ -131,6 +141,11 @@ def precision_name(dtype: Optional[torch.dtype]) -> str:
 
     Raises:
         ValueError: any other dtype (float16 autocast is not offered).
+
+    Example::
+
+        >>> precision_name(torch.bfloat16), precision_name(None)
+        ('bf16', 'fp32')
     """
     if dtype is None or dtype == torch.float32:
         return "fp32"
@@ -146,16 +161,3 @@ def network_autocast(dtype: Optional[torch.dtype], device: Device = None):
     if dtype is None:
         return nullcontext()
     return torch.autocast(torch.device(device or "cpu").type, dtype=dtype)
-
-
-@contextmanager
-def precision_scope(precision: str, device: Device = None) -> Iterator[Optional[torch.dtype]]:
-    """Resolve ``precision`` on ``device`` (:func:`resolve_precision`) and run the block under
-    :func:`network_autocast`; yields the dtype (``None`` = float32).
-
-    Raises:
-        ValueError: unknown ``precision``.
-    """
-    dtype = resolve_precision(precision, device)
-    with network_autocast(dtype, device):
-        yield dtype

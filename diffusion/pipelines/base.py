@@ -513,6 +513,15 @@ class ImagePipeline(DiffusionPipeline):
 
         Raises:
             ValueError: not one of ``"auto"``, ``"bf16"``, ``"fp32"``.
+
+        Example::
+
+            >>> from diffusion.models.gan import ConditionalGenerator
+            >>> from diffusion.pipelines.gan import GANPipeline
+            >>> pipe = GANPipeline(ConditionalGenerator(latent_dim=4, num_classes=2, channels=(8, 4)))
+            >>> pipe.set_precision("fp32")
+            >>> pipe.network_dtype() is None, pipe.network_dtype("bf16")
+            (True, torch.bfloat16)
         """
         if precision is None:
             precision = self.config.get("precision") or "auto"
