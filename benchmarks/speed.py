@@ -15,9 +15,10 @@ In one run on one machine, images per second of:
 Every variant draws image ``i`` (class ``i mod K``) from its own generator seeded ``seed + i``, at
 batch 1 (latency) and at each of ``--batch-sizes``; the best batch is the one with the most
 images/s. Reported per variant: seconds per call (median of ``--repeats`` at batch 1, of
-``--big-repeats`` at larger batches, after one untimed warm-up call at batch 1), images/s, the
+``--big-repeats`` at larger batches, after one untimed warm-up call per batch size), images/s, the
 ratio to (a) at the same batch and steps, and the mean absolute difference of (b)'s and (c)'s
-images from (a)'s ([0, 1] range; same seeds). Then the U-Net forward's achieved FLOP/s (FLOPs
+images from (a)'s ([0, 1] range; same seeds). The variants take turns call by call (the order
+rotating each repeat), so load from other jobs drifting over time hits them alike. Then the U-Net forward's achieved FLOP/s (FLOPs
 counted by ``torch.utils.flop_counter.FlopCounterMode``, guided rows included) in fp32 and bf16
 as a fraction of this machine's measured matmul peak in the same dtype (a ``--matmul-size``
 square matmul).
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="16,64,256",
                    help="batch sizes tried besides 1 (comma-separated; default 16,64,256)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls at batch 1 (median)")
-    p.add_argument("--big-repeats", type=int, default=1, help="timed calls at larger batches")
+    p.add_argument("--big-repeats", type=int, default=2, help="timed calls at larger batches")
     p.add_argument("--student", default=None, help="a distilled few-step pipeline folder")
     p.add_argument("--student-nfe", default="1,2,4", help="student step counts (default 1,2,4)")
     p.add_argument("--compile", action="store_true",
@@ -120,18 +121,34 @@ def timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple:
     return statistics.median(seconds), images
 
 
-def time_variant(make_call: Callable[[int], Callable[[], torch.Tensor]], batch_sizes: List[int],
-                 repeats: int, big_repeats: int, warm_up: bool = True) -> dict:
-    """Seconds per call and images/s at batch 1 and each batch size; the images of the largest.
-    ``make_call(b)`` returns a zero-argument call that makes images 0..b-1."""
-    if warm_up:
-        make_call(1)()
-    rows, images = {}, None
+def time_variants(calls: Dict[str, Callable[[int], Callable[[], torch.Tensor]]],
+                  batch_sizes: List[int], repeats: int, big_repeats: int) -> Dict[str, dict]:
+    """Seconds per call and images/s of every variant at batch 1 and each batch size, and the
+    images of its largest batch. ``calls[name](b)`` returns a zero-argument call that makes images
+    0..b-1 (its first call at a batch size is untimed: warm-up, or the compile). The variants take
+    turns call by call, the order rotating every repeat, so load from other jobs drifting over
+    time hits all of them alike."""
+    names = list(calls)
+    rows: Dict[str, dict] = {name: {} for name in names}
+    images: Dict[str, torch.Tensor] = {}
     for b in [1, *batch_sizes]:
-        seconds, images = timed(make_call(b), repeats if b == 1 else big_repeats)
-        rows[b] = {"seconds_per_call": seconds, "images_per_second": b / seconds}
-    best = max(rows, key=lambda b: rows[b]["images_per_second"])
-    return {"by_batch": rows, "best_batch": best, "images": images}
+        made = {name: calls[name](b) for name in names}
+        for name in names:
+            made[name]()                                  # warm-up / compile at this shape
+        seconds: Dict[str, list] = {name: [] for name in names}
+        for r in range(repeats if b == 1 else big_repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                images[name] = made[name]()
+                seconds[name].append(time.perf_counter() - start)
+        for name in names:
+            median = statistics.median(seconds[name])
+            rows[name][b] = {"seconds_per_call": median, "images_per_second": b / median}
+        print(f"batch {b}: " + ", ".join(f"{n} {rows[n][b]['images_per_second']:.2f}/s"
+                                         for n in names), flush=True)
+    return {name: {"by_batch": rows[name], "images": images[name],
+                   "best_batch": max(rows[name], key=lambda b: rows[name][b]["images_per_second"])}
+            for name in names}
 
 
 def matmul_peak(dtype: torch.dtype, n: int, device: str, repeats: int = 3) -> float:
@@ -201,41 +218,39 @@ def main(argv=None) -> dict:
         return lambda b: lambda: p(class_labels=labels(b).tolist(), generator=gens(b),
                                    output_type="pt", **kw).images
 
-    variants: Dict[str, dict] = {}
     settings = dict(num_inference_steps=steps, guidance_scale=s)
     print(f"{hardware_description(device)}; default precision here: "
           f"{'bf16' if default_dtype else 'fp32'}", flush=True)
-    variants["plain-diffusers"] = time_variant(
-        lambda b: lambda: plain_diffusers_loop(unet, pipe.scheduler.config, type(pipe.scheduler),
-                                               labels(b), k, steps, s, gens(b)),
-        args.batch_sizes, args.repeats, args.big_repeats)
-    print("plain-diffusers done", flush=True)
-    variants["pipeline-default"] = time_variant(pipeline_call(pipe, **settings), args.batch_sizes,
-                                                args.repeats, args.big_repeats)
-    print("pipeline-default done", flush=True)
-    variants["pipeline-fp32"] = time_variant(pipeline_call(pipe, precision="fp32", **settings),
-                                             args.batch_sizes, args.repeats, args.big_repeats)
-    print("pipeline-fp32 done", flush=True)
+    calls = {
+        "plain-diffusers": lambda b: lambda: plain_diffusers_loop(
+            unet, pipe.scheduler.config, type(pipe.scheduler), labels(b), k, steps, s, gens(b)),
+        "pipeline-default": pipeline_call(pipe, **settings),
+        "pipeline-fp32": pipeline_call(pipe, precision="fp32", **settings),
+    }
     compile_seconds = {}
     if args.compile:
         compiled = load_pipeline(args.model, device=device, quiet=True).compile_network()
         compiled.set_progress_bar_config(disable=True)
-        call = pipeline_call(compiled, **settings)
-        for b in [1, *args.batch_sizes]:  # the first call per shape compiles
-            start = time.perf_counter()
-            call(b)()
-            compile_seconds[b] = time.perf_counter() - start
-        variants["pipeline-compiled"] = time_variant(call, args.batch_sizes, args.repeats,
-                                                     args.big_repeats, warm_up=False)
-        print("pipeline-compiled done", flush=True)
+        compiled_call = pipeline_call(compiled, **settings)
+
+        def timed_first(b):  # the first call per batch size compiles: timed apart
+            call, first = compiled_call(b), [True]
+
+            def run():
+                if not first[0]:
+                    return call()
+                start, first[0] = time.perf_counter(), False
+                images = call()
+                compile_seconds[b] = time.perf_counter() - start
+                return images
+            return run
+        calls["pipeline-compiled"] = timed_first
     if args.student:
         student = load_pipeline(args.student, device=device, quiet=True)
         student.set_progress_bar_config(disable=True)
         for nfe in args.student_nfe:
-            variants[f"student-nfe-{nfe}"] = time_variant(
-                pipeline_call(student, num_inference_steps=nfe), args.batch_sizes, args.repeats,
-                args.big_repeats)
-        print("student done", flush=True)
+            calls[f"student-nfe-{nfe}"] = pipeline_call(student, num_inference_steps=nfe)
+    variants = time_variants(calls, args.batch_sizes, args.repeats, args.big_repeats)
 
     plain = variants["plain-diffusers"]
     result = {
