@@ -189,6 +189,15 @@ def unet_flops(unet, rows: int, device: str, autocast_dtype: Optional[torch.dtyp
 
 # --- the run ------------------------------------------------------------------------------------
 
+def shown_path(path) -> str:
+    """``path`` relative to the repository when inside it (the shipped model), else as given."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        return Path(path).resolve().relative_to(repo).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def mean_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     n = min(len(a), len(b))
     return float((a[:n].float() - b[:n].float()).abs().mean())
@@ -256,7 +265,7 @@ def main(argv=None) -> dict:
     result = {
         "hardware": hardware_description(device),
         "torch_threads": torch.get_num_threads(),
-        "model": str(args.model), "sampler": type(pipe.scheduler).__name__,
+        "model": shown_path(args.model), "sampler": type(pipe.scheduler).__name__,
         "num_inference_steps": steps, "guidance_scale": s, "seed": args.seed,
         "default_precision": "bf16" if default_dtype else "fp32",
         "batch_sizes": [1, *args.batch_sizes],
