@@ -75,7 +75,8 @@ def generate_all(pipe, num_images: int, batch: int, seed: int, num_classes: int,
     for start in range(0, num_images, batch):
         idx = range(start, min(start + batch, num_images))
         result = pipe(class_labels=[i % num_classes for i in idx], output_type="pt",
-                      generator=[torch.Generator().manual_seed(seed + i) for i in idx], **call_kwargs)
+                      generator=[torch.Generator().manual_seed(seed + i) for i in idx],
+                      precision="fp32", **call_kwargs)  # fp32 on both sides, whatever "auto" is
         out.append(result.images)
         nfe = result.nfe
     return torch.cat(out), nfe

@@ -131,7 +131,7 @@ def main(argv=None) -> int:
 
     def ours():
         return pipe(class_labels=labels, num_inference_steps=args.steps,
-                    guidance_scale=args.guidance_scale, output_type="pt",
+                    guidance_scale=args.guidance_scale, output_type="pt", precision="fp32",
                     generator=[torch.Generator().manual_seed(s) for s in seeds]).images
 
     def plain():

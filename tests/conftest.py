@@ -6,6 +6,7 @@ attention blocks outside diffusers' mid block.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,11 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 # ``from training_helpers import ...`` works from every test folder (not only tests/training).
 sys.path.append(str(Path(__file__).resolve().parent / "training"))
+# precision="auto" (every pipeline call's default) means bf16 on a CPU with native bf16: pin it to
+# float32 for the suite (and the CLI subprocesses it starts), so reference images and tolerances do
+# not depend on the CPU running the tests. Tests of bf16 pass precision="bf16"; tests of the "auto"
+# rule unset this with monkeypatch.delenv.
+os.environ["DIFFUSION_PRECISION"] = "fp32"
 
 from diffusion.evaluation.features import FeatureNetwork  # noqa: E402
 from diffusion.pipelines.diffusion import DiffusionImagePipeline  # noqa: E402

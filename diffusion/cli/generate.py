@@ -47,6 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     options.add_seed(g, help="image i uses seed+i (default 0)")
     options.add_batch_size(g, 100, help="images per forward batch")
     options.add_device(g)
+    options.add_precision(g)
     g.add_argument("--out", default="samples/grid.png", help="grid PNG path ('' to skip)")
     g.add_argument("--out-dir", default=None, help="also write one PNG per image here")
     options.add_quiet(g, help="no progress bar")
@@ -95,7 +96,8 @@ def _call_options(pipe, args) -> dict:
     given = {k: v for k, v in (("num_inference_steps", args.steps),
                                ("guidance_scale", args.guidance_scale), ("eta", args.eta),
                                ("sampler", args.sampler), ("truncation", args.truncation),
-                               ("guidance", options.guidance_from_args(args)))
+                               ("guidance", options.guidance_from_args(args)),
+                               ("precision", options.precision_from_args(args)))
              if k in accepted and v is not None}
     given.update(options.decoding_options(pipe, args))
     return given
@@ -174,6 +176,8 @@ def run(args) -> int:
         images.append(out.images)
         nfe = out.nfe
     images = torch.cat(images)
+    dtype = pipe.network_dtype(call.get("precision")) if hasattr(pipe, "network_dtype") else None
+    precision = f" precision={'bf16' if dtype == torch.bfloat16 else 'fp32'}"
     # 3. Write the grid and/or the files, then one line saying how they were made.
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -187,12 +191,12 @@ def run(args) -> int:
         sampler = args.sampler or sampler_name(pipe)
         guidance = pipe.guidance_method(call.get("guidance")).name
         print(f"sampler={sampler} steps={args.steps} NFE={nfe} guidance={guidance} guidance_scale="
-              f"{args.guidance_scale} seed={args.seed} time={time.time() - start:.1f}s")
+              f"{args.guidance_scale} seed={args.seed}{precision} time={time.time() - start:.1f}s")
     else:
         decoding = ""
         if hasattr(pipe, "decoding_settings"):  # the setting actually used (saved + flags)
             decoding = " " + " ".join(f"{k}={v}" for k, v in pipe.decoding_settings(
-                **{k: v for k, v in call.items() if k != "use_cache"}).items())
-        print(f"{type(pipe).__name__} NFE={nfe}{decoding} seed={args.seed} "
+                **{k: v for k, v in call.items() if k not in ("use_cache", "precision")}).items())
+        print(f"{type(pipe).__name__} NFE={nfe}{decoding} seed={args.seed}{precision} "
               f"time={time.time() - start:.1f}s")
     return 0

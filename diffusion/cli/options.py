@@ -19,7 +19,7 @@ import inspect
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from samplers.checks import check_int
 
@@ -154,8 +154,33 @@ def add_quiet(p: argparse.ArgumentParser, help: str = "no progress bars") -> Non
     p.add_argument("--quiet", action="store_true", help=help)
 
 
-def add_bf16(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bf16", action="store_true", help="sample under bfloat16 autocast")
+def add_bf16(p: argparse.ArgumentParser, help: str = "sample under bfloat16 autocast") -> None:
+    p.add_argument("--bf16", action="store_true", help=help)
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision {auto,bf16,fp32}`` (the pipelines' ``precision=``) and ``--bf16``, its alias
+    for ``--precision bf16``; read them with :func:`precision_from_args`."""
+    from diffusion.precision import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="network precision: auto (bf16 where the device computes bf16 natively, "
+                        "else fp32), bf16 or fp32 (default: the model's saved default, else auto)")
+    add_bf16(p, help="same as --precision bf16")
+
+
+def precision_from_args(args) -> Optional[str]:
+    """``args.precision`` (``--bf16``: ``"bf16"``; ``None`` if neither is given).
+
+    Raises:
+        SystemExit: ``--bf16`` with ``--precision`` other than ``bf16``.
+    """
+    precision = getattr(args, "precision", None)
+    if getattr(args, "bf16", False):
+        if precision not in (None, "bf16"):
+            raise SystemExit(f"error: --bf16 means --precision bf16; got --precision {precision} too")
+        precision = "bf16"
+    return precision
 
 
 # --- sampling -----------------------------------------------------------------------------------

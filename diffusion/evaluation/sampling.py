@@ -50,7 +50,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -177,6 +177,14 @@ def sample_settings(pipe, call_kwargs: Mapping[str, Any], seed: int, shard_size:
     }
     if class_prompts is not None:  # absent otherwise, so keys of class-label runs are unchanged
         settings["class_prompts"] = [list(p) for p in class_prompts]
+    if autocast_dtype is not None and getattr(pipe, "scheduler", None) is not None \
+            and "precision" in inspect.signature(pipe.__call__).parameters:
+        # Since precision= (issue 16) only the network autocasts: guidance and the sampler's step
+        # run in float32 on its cast-back output (they ran on its bf16 output before), so a
+        # sampler's bf16 images differ by rounding from earlier shards and get new keys. A GAN's or
+        # an AR prior's images are unchanged (no math after the network but a cast), and so are
+        # float32 runs: their keys stay.
+        settings["sampler_math"] = "float32"
     guidance = guidance_settings(pipe, call_kwargs)
     if guidance is not None:  # absent for plain CFG, so earlier keys are unchanged
         settings["guidance"] = guidance
@@ -316,15 +324,31 @@ def _nonfinite_in_run(error: NonFiniteImagesError, offset: int, lo: int, hi: int
         indices=run, num_images=error.num_images, pipeline=error.pipeline, stage=error.stage)
 
 
+def precision_call_kwargs(pipe, autocast_dtype: Optional[torch.dtype]) -> Tuple[dict, Any]:
+    """``(extra call kwargs, context)`` that make ``pipe`` sample in ``autocast_dtype`` (``None``:
+    float32) whatever its ``precision="auto"`` default would pick on this device, so evaluation
+    and its sample-cache keys stay reproducible across machines.
+
+    A pipeline whose call takes ``precision`` gets it explicitly (``"bf16"`` / ``"fp32"``; not part
+    of the cache key, which holds ``autocast_dtype`` already) and a no-op context: its network
+    alone autocasts. Any other pipeline runs its whole call under ``torch.autocast``, as before.
+    """
+    from diffusion.precision import network_autocast, precision_name
+
+    params = inspect.signature(pipe.__call__).parameters
+    if "precision" in params:
+        return {"precision": precision_name(autocast_dtype)}, nullcontext()
+    return {}, network_autocast(autocast_dtype, pipe.device)
+
+
 def _generate_shard(pipe, lo: int, hi: int, k: Optional[int], seed: int, batch_size: int,
                     call_kwargs: Mapping[str, Any], autocast_dtype, class_prompts=None) -> dict:
-    device_type = pipe.device.type
-    ctx = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else nullcontext())
+    precision_kwargs, ctx = precision_call_kwargs(pipe, autocast_dtype)
     images, nfe = [], 0
     start = time.perf_counter()
     for b_lo in range(lo, hi, batch_size):
         b_hi = min(hi, b_lo + batch_size)
-        kwargs = {**call_kwargs, **image_conditions(b_lo, b_hi, k, class_prompts)}
+        kwargs = {**call_kwargs, **precision_kwargs, **image_conditions(b_lo, b_hi, k, class_prompts)}
         with ctx, torch.no_grad():
             try:
                 out = pipe(output_type="pt", return_dict=True,

@@ -31,6 +31,7 @@ from diffusion.models.prior import TransformerPrior
 from diffusion.models.vqvae import VQVAE
 from diffusion.pipelines.base import (ImagePipeline, check_class_inputs, check_class_names,
                                       check_generators_and_latents, eval_mode)
+from diffusion.precision import check_precision, network_autocast
 from samplers.checks import check_number
 from samplers.decoding import decode
 
@@ -55,8 +56,10 @@ class AutoregressivePipeline(ImagePipeline):
     """
 
     model_cpu_offload_seq = "prior->vqvae"
+    _network_names = ("prior",)
+
     def __init__(self, vqvae: VQVAE, prior: TransformerPrior, class_names: Optional[List[str]] = None,
-                 decoding: Optional[dict] = None):
+                 decoding: Optional[dict] = None, precision: Optional[str] = None):
         super().__init__()
         if prior.config.vocab_size != vqvae.config.codebook_size:
             raise ValueError(f"prior.vocab_size ({prior.config.vocab_size}) must equal the "
@@ -70,6 +73,8 @@ class AutoregressivePipeline(ImagePipeline):
             raise ValueError(f"decoding may set {sorted(DEFAULT_DECODING)}, got {sorted(unknown)}")
         self.register_to_config(class_names=check_class_names(class_names, prior.config.num_classes),
                                 decoding=dict(decoding) if decoding else None)
+        if precision is not None:  # absent = "auto"; folders saved without it load unchanged
+            self.set_precision(precision)
 
     def decoding_settings(self, **overrides) -> dict:
         """:data:`DEFAULT_DECODING`, updated by the saved ``decoding`` config, then by the
@@ -119,6 +124,7 @@ class AutoregressivePipeline(ImagePipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         on_nonfinite: str = "raise",
+        precision: Optional[str] = None,
     ):
         """Draw token grids from the prior and decode them to images.
 
@@ -147,6 +153,12 @@ class AutoregressivePipeline(ImagePipeline):
                 :class:`~diffusion.pipelines.base.NonFiniteImagesError`; ``"flag"``: return them,
                 their indices in ``nonfinite`` (``"pt"`` keeps NaN, ``"np"`` / ``"pil"`` show it as
                 0; needs ``return_dict=True``).
+            precision: ``"auto"``, ``"bf16"`` or ``"fp32"``: the prior forward and the VQ-VAE
+                decoder run under bf16 autocast or in float32; logits are read, filtered and
+                sampled in float32 and the images are float32 either way (the quantizer always
+                runs in float32). ``None``: the saved default
+                (:meth:`~diffusion.pipelines.base.ImagePipeline.set_precision`), else ``"auto"``
+                (bf16 where the device has native bf16; :mod:`diffusion.precision`).
 
         Returns:
             :class:`~diffusion.pipelines.base.GenerationOutput` (``images``, ``nfe`` = prior forwards),
@@ -165,16 +177,27 @@ class AutoregressivePipeline(ImagePipeline):
         labels = self.check_inputs(class_labels, prompt, num_images_per_prompt, generator,
                                    temperature, top_k, top_p, num_beams, guidance_scale, output_type,
                                    on_nonfinite, return_dict)
+        if precision is not None:
+            check_precision(precision)
+        autocast_dtype = self.network_dtype(precision)
         batch = num_images_per_prompt if labels is None else len(labels)
         device = self._execution_device
         prefix = self.prior.prefix_ids(labels, batch).to(device)
         null_prefix = self.prior.null_prefix_ids(batch).to(device) if guidance_scale != 1 else None
+
+        def prior(input_ids, past_key_values=None):  # only the forward autocasts
+            with network_autocast(autocast_dtype, device):
+                logits, past = self.prior(input_ids, past_key_values=past_key_values)
+            return logits.float(), past                          # decode reads float32 logits
+
         with eval_mode(self.prior, self.vqvae):
-            out = decode(self.prior, prefix, self.prior.config.num_positions, do_sample=do_sample,
+            out = decode(prior, prefix, self.prior.config.num_positions, do_sample=do_sample,
                          temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
                          guidance_scale=guidance_scale, null_prefix=null_prefix,
                          generator=generator, use_cache=use_cache)
-            images = self.vqvae.decode_tokens(out.sequences)
+            with network_autocast(autocast_dtype, device):
+                images = self.vqvae.decode_tokens(out.sequences)
+            images = images.float()
         return self.finish(images, output_type, out.nfe, return_dict, on_nonfinite,
                            stage=NONFINITE_STAGE,
                            hint="Check the VQ-VAE codebook and decoder weights for NaN/inf")

@@ -37,6 +37,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusion.conditioning import (NULL_PROMPT, PromptEmbeddingCache, check_cross_attention_dim,
                                     load_referenced_text_encoder, text_encoder_reference)
 from diffusion.models.unet import check_image_size, cross_attention_dim_of, num_classes_of
+from diffusion.precision import check_precision, network_autocast
 from diffusion.pipelines.base import (ImagePipeline, check_class_names, check_generators_and_latents,
                                       check_num_images_and_output_type, normalize_class_labels,
                                       normalize_prompts)
@@ -124,11 +125,12 @@ class DiffusionImagePipeline(ImagePipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet"
+    _network_names = ("unet",)
     _optional_components = ["text_encoder", "tokenizer"]
 
     def __init__(self, unet, scheduler, class_names: Optional[List[str]] = None,
                  text_encoder=None, tokenizer=None, text_encoder_reference: Optional[dict] = None,
-                 guidance: Optional[dict] = None):
+                 guidance: Optional[dict] = None, precision: Optional[str] = None):
         super().__init__()
         dim = cross_attention_dim_of(unet)
         if dim is not None:
@@ -149,6 +151,8 @@ class DiffusionImagePipeline(ImagePipeline):
         self._guide_unets: dict = {}  # autoguidance: guide folder -> its loaded U-Net
         if guidance is not None:  # absent = plain CFG; folders saved without it load unchanged
             self.set_guidance(guidance)
+        if precision is not None:  # absent = "auto"; folders saved without it load unchanged
+            self.set_precision(precision)
 
     def save_pretrained(self, save_directory, *args, save_text_encoder: Optional[bool] = None,
                         **kwargs) -> None:
@@ -217,11 +221,13 @@ class DiffusionImagePipeline(ImagePipeline):
         """Whether the U-Net has cross-attention (then ``prompt`` is accepted)."""
         return cross_attention_dim_of(self.unet) is not None
 
-    def encode_conditions(self, prompts: List[str], device, dtype):
-        """Hidden states ``(B, L, D)`` and mask ``(B, L)`` of ``prompts``: one text-encoder
-        forward over the distinct prompts, padded to L = ``min(tokenizer.model_max_length, 77)``
-        tokens with masked padding (see :func:`diffusion.conditioning.encode_prompt`)."""
-        hidden_states, mask = PromptEmbeddingCache(self.tokenizer, self.text_encoder)(prompts)
+    def encode_conditions(self, prompts: List[str], device, dtype, autocast_dtype=None):
+        """Hidden states ``(B, L, D)`` (``dtype``) and mask ``(B, L)`` of ``prompts``: one
+        text-encoder forward (under ``autocast_dtype`` when given) over the distinct prompts,
+        padded to L = ``min(tokenizer.model_max_length, 77)`` tokens with masked padding (see
+        :func:`diffusion.conditioning.encode_prompt`)."""
+        with network_autocast(autocast_dtype, device):
+            hidden_states, mask = PromptEmbeddingCache(self.tokenizer, self.text_encoder)(prompts)
         return hidden_states.to(device=device, dtype=dtype), mask.to(device)
 
     def _conditions(self, class_labels, prompt, negative_prompt):
@@ -429,6 +435,7 @@ class DiffusionImagePipeline(ImagePipeline):
         negative_prompt: Union[str, List[str], None] = None,
         on_nonfinite: str = "raise",
         guidance: Union[str, dict, GuidanceMethod, None] = None,
+        precision: Optional[str] = None,
     ):
         """Generate images.
 
@@ -467,6 +474,10 @@ class DiffusionImagePipeline(ImagePipeline):
                 :class:`~diffusion.pipelines.base.NonFiniteImagesError`; ``"flag"``: return them,
                 their indices in ``nonfinite`` (``"pt"`` keeps NaN, ``"np"`` / ``"pil"`` show it as
                 0; needs ``return_dict=True``).
+            precision: ``"auto"``, ``"bf16"`` or ``"fp32"``: the U-Net (and text encoder) forward
+                runs under bf16 autocast or in float32; latents, guidance, the sampler's step and
+                the images stay float32. ``None``: the saved default (:meth:`set_precision`), else
+                ``"auto"`` (bf16 where the device has native bf16; :mod:`diffusion.precision`).
 
         Returns:
             :class:`~diffusion.pipelines.base.GenerationOutput` (``images``, ``nfe``,
@@ -485,9 +496,12 @@ class DiffusionImagePipeline(ImagePipeline):
             class_labels, prompt, num_images_per_prompt, num_inference_steps, guidance_scale, eta,
             generator, latents, output_type, sampler, height, width,
             callback_on_step_end_tensor_inputs, negative_prompt, on_nonfinite, return_dict)
+        if precision is not None:
+            check_precision(precision)
         method = self.check_guidance(guidance, guidance_scale, sampler,
                                      conditional=labels is not None or prompts is not None)
         device, dtype = self._execution_device, self.unet.dtype
+        autocast_dtype = self.network_dtype(precision)  # None: float32
         batch = len(prompts) if prompts is not None else \
             num_images_per_prompt if labels is None else len(labels)
         scheduler = self.scheduler if sampler is None else build_sampler(sampler, self.scheduler)
@@ -519,12 +533,17 @@ class DiffusionImagePipeline(ImagePipeline):
                 labels = torch.cat([null, labels])
         if prompts is not None:
             null_prompts = (negatives or [NULL_PROMPT] * batch) if paired else []
-            hidden_states, mask = self.encode_conditions(null_prompts + prompts, device, dtype)
+            hidden_states, mask = self.encode_conditions(null_prompts + prompts, device, dtype,
+                                                         autocast_dtype)
             text_kwargs = {"encoder_hidden_states": hidden_states,    # ((1 + paired) B, L, D)
                            "encoder_attention_mask": mask}            # ((1 + paired) B, L)
         cond_rows = slice(batch if paired else 0, None)  # the cond rows of labels / text_kwargs
         cond_kwargs = {"class_labels": None if labels is None else labels[cond_rows],
                        **{k: v[cond_rows] for k, v in text_kwargs.items()}}
+
+        def network(unet, x, t, **kwargs):  # only the forward autocasts; output in x's dtype
+            with network_autocast(autocast_dtype, device):
+                return unet(x, t, **kwargs).sample.to(x.dtype)
 
         accepted = set(inspect.signature(scheduler.step).parameters)
         step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
@@ -541,14 +560,14 @@ class DiffusionImagePipeline(ImagePipeline):
             uncond = None
             if guided and method.needs_null(step, guidance_scale):
                 if paired:  # one batched forward: null rows, then the cond rows
-                    model_output = self.unet(torch.cat([x_t, x_t]), t, class_labels=labels,
-                                             **text_kwargs).sample
+                    model_output = network(self.unet, torch.cat([x_t, x_t]), t,
+                                           class_labels=labels, **text_kwargs)
                     uncond, cond = model_output.chunk(2)
                 else:  # autoguidance: the weaker network, same condition (counted in NFE)
-                    uncond = guide_unet(x_t, t, **cond_kwargs).sample
+                    uncond = network(guide_unet, x_t, t, **cond_kwargs)
                     nfe += 1
             if uncond is None or not paired:
-                cond = self.unet(x_t, t, **cond_kwargs).sample
+                cond = network(self.unet, x_t, t, **cond_kwargs)
             nfe += 1
             model_output, sample = method.guide(cond, uncond, step, guidance_scale)
             latents = scheduler.step(model_output, t, sample, **step_kwargs).prev_sample

@@ -23,6 +23,7 @@ import torch
 from diffusion.models.gan import ConditionalGenerator
 from diffusion.pipelines.base import (ImagePipeline, check_class_inputs, check_class_names,
                                       check_generators_and_latents, eval_mode)
+from diffusion.precision import check_precision, network_autocast
 from samplers.checks import check_number
 
 #: where a GAN's non-finite images come from (named by NonFiniteImagesError)
@@ -67,11 +68,16 @@ class GANPipeline(ImagePipeline):
     """
 
     model_cpu_offload_seq = "generator_model"
-    def __init__(self, generator_model: ConditionalGenerator, class_names: Optional[List[str]] = None):
+    _network_names = ("generator_model",)
+
+    def __init__(self, generator_model: ConditionalGenerator, class_names: Optional[List[str]] = None,
+                 precision: Optional[str] = None):
         super().__init__()
         self.register_modules(generator_model=generator_model)
         self.register_to_config(class_names=check_class_names(class_names,
                                                               generator_model.config.num_classes))
+        if precision is not None:  # absent = "auto"; folders saved without it load unchanged
+            self.set_precision(precision)
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -109,6 +115,7 @@ class GANPipeline(ImagePipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         on_nonfinite: str = "raise",
+        precision: Optional[str] = None,
     ):
         """Generate images with one generator forward.
 
@@ -129,6 +136,10 @@ class GANPipeline(ImagePipeline):
                 :class:`~diffusion.pipelines.base.NonFiniteImagesError`; ``"flag"``: return them,
                 their indices in ``nonfinite`` (``"pt"`` keeps NaN, ``"np"`` / ``"pil"`` show it as
                 0; needs ``return_dict=True``).
+            precision: ``"auto"``, ``"bf16"`` or ``"fp32"``: the generator forward runs under bf16 autocast or
+                in float32; the images are float32 either way. ``None``: the saved default
+                (:meth:`~diffusion.pipelines.base.ImagePipeline.set_precision`), else ``"auto"``
+                (bf16 where the device has native bf16; :mod:`diffusion.precision`).
 
         Returns:
             :class:`~diffusion.pipelines.base.GenerationOutput` (``images``, ``nfe=1``), or ``(images,)`` if not ``return_dict``.
@@ -140,6 +151,8 @@ class GANPipeline(ImagePipeline):
         """
         labels = self.check_inputs(class_labels, prompt, num_images_per_prompt, generator, latents,
                                    truncation, output_type, on_nonfinite, return_dict)
+        if precision is not None:
+            check_precision(precision)
         g_model = self.generator_model
         device, dtype = self._execution_device, g_model.dtype
         batch = num_images_per_prompt if labels is None else len(labels)
@@ -147,7 +160,9 @@ class GANPipeline(ImagePipeline):
             latents = draw_latents(batch, g_model.config.latent_dim, generator, truncation)
         latents = latents.to(device=device, dtype=dtype)
         with eval_mode(g_model):  # BatchNorm running statistics: an image does not depend on its batch
-            images = g_model(latents, None if labels is None else labels.to(device))
+            with network_autocast(self.network_dtype(precision), device):
+                images = g_model(latents, None if labels is None else labels.to(device))
+            images = images.to(dtype)  # float32 images whatever the autocast
         return self.finish(images, output_type, nfe=1, return_dict=return_dict,
                            on_nonfinite=on_nonfinite, stage=NONFINITE_STAGE,
                            hint="Check the latents and the generator weights for NaN/inf")

@@ -46,7 +46,17 @@ def test_generate_same_seed_same_files(model_dir, tmp_path):
     assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("flags, said", [([], "precision=fp32"),  # the suite pins auto to fp32
+                                          (["--precision", "bf16"], "precision=bf16"),
+                                          (["--bf16"], "precision=bf16")])
+def test_generate_precision_flag_reaches_the_pipeline(model_dir, tmp_path, capsys, flags, said):
+    main(["generate", "--model", model_dir, "--per-class", "1", "--steps", "2", "--out",
+          str(tmp_path / "g.png"), "--quiet", *flags])
+    assert said in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--precision", "fp32", "--bf16"], "--bf16 means --precision bf16"),
     (["--classes", "Sweater"], "unknown class 'Sweater'"),
     (["--classes", "7"], "class id 7 out of range: ids 0..2"),
     (["--sampler", "nope"], "unknown sampler 'nope'"),

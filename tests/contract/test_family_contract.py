@@ -14,7 +14,9 @@ import json
 import pickle
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -253,6 +255,8 @@ def bad_cases(f: Family) -> list:
     ]
     cases += [(f"on_nonfinite={v!r}", {**two, "on_nonfinite": v}, "on_nonfinite")
               for v in ("ignore", "RAISE", None, True)]
+    cases += [(f"precision={v!r}", {**two, "precision": v}, "precision")
+              for v in ("half", "BF16", "float32", 16, True)]
     cases += [("on_nonfinite=flag-without-return_dict",   # the tuple would drop the flags
                {**two, "on_nonfinite": "flag", "return_dict": False}, "on_nonfinite")]
     cases += [(f"foreign-{arg}", {**two, arg: value}, arg)
@@ -395,3 +399,59 @@ def test_finite_images_have_an_empty_flag_list_and_are_unchanged_by_flag(family,
     assert default.nonfinite == [] and flag.nonfinite == []
     assert torch.equal(default.images, flag.images)
     assert family(pipe, **kw, generator=seeds(2), output_type="np").nonfinite == []
+
+
+# --- (8) precision: only the network autocasts; the images stay float32 -------------------------
+
+@contextmanager
+def autocast_seen(pipe) -> Iterator[set]:
+    """Yields a set that gets, for every network forward of the call, the CPU autocast dtype it
+    ran under (``None``: no autocast)."""
+    seen: set = set()
+
+    def hook(_module, _args):
+        seen.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+
+    handles = [net.register_forward_pre_hook(hook) for net in networks(pipe)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", None),
+                                              ("auto", None)])  # tests/conftest.py pins auto: fp32
+def test_precision_sets_the_network_autocast_and_images_stay_float32(family, pipe, precision,
+                                                                     dtype):
+    with autocast_seen(pipe) as seen:
+        images = pt(family, pipe, **family.conditions(2), generator=seeds(2), precision=precision)
+    assert seen == {dtype}
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    assert not torch.is_autocast_enabled("cpu")   # nothing leaks out of the call
+
+
+def test_auto_precision_follows_the_device_s_native_bf16(family, pipe, monkeypatch):
+    import diffusion.precision as precision
+
+    monkeypatch.delenv(precision.PRECISION_ENV)
+    for native, dtype in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"} if native
+                                                                      else {"avx2"}))
+        with autocast_seen(pipe) as seen:
+            pt(family, pipe, **family.conditions(1), generator=seeds(1))
+        assert seen == {dtype}
+
+
+def test_a_saved_precision_default_round_trips_and_a_call_overrides_it(family, pipe, tmp_path):
+    pipe.set_precision("bf16")
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["precision"] == "bf16"
+    loaded = load_pipeline(tmp_path, quiet=True)
+    loaded.set_progress_bar_config(disable=True)
+    for call, dtype in (({}, torch.bfloat16), ({"precision": "fp32"}, None)):
+        with autocast_seen(loaded) as seen:
+            pt(family, loaded, **family.conditions(1), generator=seeds(1), **call)
+        assert seen == {dtype}
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pipe.set_precision("fp16")

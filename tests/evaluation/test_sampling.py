@@ -308,3 +308,20 @@ def test_cache_key_holds_the_guidance_method_unless_it_is_plain_cfg(pipe, tmp_pa
     saved.set_guidance("apg")
     assert settings_key(sample_settings(saved, call, 0, 500, None)) == \
         settings_key(sample_settings(pipe, {**call, "guidance": "apg"}, 0, 500, None))
+
+
+@pytest.mark.parametrize("auto_means", ["fp32", "bf16"])
+def test_evaluation_passes_an_explicit_precision_whatever_auto_means(pipe, monkeypatch, auto_means):
+    """autocast_dtype None -> precision="fp32", bfloat16 -> "bf16": the network's autocast does
+    not follow the machine's "auto", so a cache key means the same images everywhere."""
+    monkeypatch.setenv("DIFFUSION_PRECISION", auto_means)
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(lambda *_: seen.append(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    try:
+        for dtype in (None, torch.bfloat16):
+            seen.clear()
+            generate_samples(pipe, 2, batch_size=2, autocast_dtype=dtype, **KW)
+            assert set(seen) == {dtype}
+    finally:
+        hook.remove()
