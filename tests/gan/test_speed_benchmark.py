@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,13 @@ from diffusion import default_model_path
 from diffusion.models.gan import ConditionalGenerator
 from diffusion.pipelines.gan import GANPipeline
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gan_vs_diffusion_speed.py"
+from conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gan_vs_diffusion_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with benchmark_module("gan_vs_diffusion_speed") as module:
+        yield module
 
 
 @pytest.fixture

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from conftest import make_pipe, seeded_unet
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
-
+from conftest import benchmark_module, make_pipe, seeded_unet
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with benchmark_module("speed") as module:
+        yield module
 
 
 @pytest.fixture
